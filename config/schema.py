@@ -1,0 +1,250 @@
+"""The sections every stage shares: run, cluster plan, model, rollout, reward, algorithm, training, data,
+checkpoints. Each field's docstring is the string right below it.
+
+Stage-specific sections (sft, dpo, rm, eval, continual) live in their own modules next to this one and
+hang off :class:`Config`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from config.loader import check
+
+
+@dataclass
+class RoleResources:
+    """What one role (rollout, reward, learner) asks of the cluster."""
+
+    count: int = 1
+    """How many actors of this role (engines, scorer pools, data-parallel learners)."""
+    num_cpus: float = 0.5
+    """CPUs per actor. Fractions let a 2-core machine hold every role."""
+    num_gpus: float = 0.0
+    """GPUs per actor. In colocate mode the roles' fractions share one card (must sum to <= 1)."""
+    memory_gib: float = 0.0
+    """Host memory reserved per actor (0 = no reservation)."""
+
+    def __post_init__(self):
+        check(self.count >= 1, "count", f"must be at least 1, got {self.count}")
+        check(self.num_cpus >= 0, "num_cpus", f"must be >= 0, got {self.num_cpus}")
+        check(self.num_gpus >= 0, "num_gpus", f"must be >= 0, got {self.num_gpus}")
+
+
+@dataclass
+class ClusterConfig:
+    """Where the job runs and how roles map to placement-group bundles."""
+
+    address: str = "local"
+    """'local' starts an in-process Ray cluster; 'auto' joins the one started with `ray start` on this node;
+    'HOST:PORT' or 'ray://HOST:10001' connects to a remote head. Inside `ray job submit`, 'local' joins the job's cluster."""
+    auth_token_env: str = "RAY_AUTH_TOKEN"
+    """Environment variable holding the cluster's token when it runs with RAY_AUTH_MODE=token."""
+    mode: Literal["colocate", "split"] = "colocate"
+    """colocate: every role in one bundle (one GPU, vLLM sleeps while the learner steps); split: a bundle per actor."""
+    device: Literal["cpu", "gpu"] = "cpu"
+    """Which accelerator the plan is for."""
+    num_cpus: Optional[float] = None
+    """CPUs for a local cluster (None = all of this machine's)."""
+    rollout: RoleResources = field(default_factory=lambda: RoleResources(num_cpus=0.5))
+    """Resources of each rollout (vLLM) actor."""
+    reward: RoleResources = field(default_factory=lambda: RoleResources(num_cpus=0.25))
+    """Resources of each reward actor."""
+    learner: RoleResources = field(default_factory=lambda: RoleResources(num_cpus=0.5))
+    """Resources of each learner actor."""
+    placement_timeout_s: float = 60.0
+    """How long to wait for the placement group before reporting that the plan does not fit."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that receive adapters."""
+
+    def __post_init__(self):
+        check(self.r >= 1, "model.lora.r", f"must be >= 1, got {self.r}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """A transformers model folder. Empty: build the tiny model named by `preset` (no hub needed)."""
+    preset: str = "tiny"
+    """Tiny-model preset used when `path` is empty: tiny | small | base (see tinymodels/)."""
+    model_seed: int = 0
+    """Seed for the tiny model's weights and tokenizer."""
+    finetune: Literal["qlora", "lora", "full"] = "qlora"
+    """qlora: 4-bit NF4 base + LoRA; lora: bf16/fp32 base + LoRA; full: every weight trains."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of the learner (fp32 on CPU is fastest for tiny models)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter shape."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, more time)."""
+
+
+@dataclass
+class RolloutConfig:
+    n_samples: int = 8
+    """Completions per prompt (the GRPO group size)."""
+    max_new_tokens: int = 24
+    """Longest completion."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings."""
+    max_model_len: int = 256
+    """Prompt + completion length the engine plans for."""
+    gpu_memory_utilization: float = 0.2
+    """vLLM's memory fraction (on CPU: of the NUMA node's memory)."""
+    kv_cache_gib: float = 1.0
+    """KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    enforce_eager: bool = True
+    """No CUDA graphs / compilation (required on CPU, faster start everywhere)."""
+    sleep_between_phases: bool = True
+    """In colocate mode, put the engine to sleep while the learner steps (where the backend supports it)."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine (split mode)."""
+    sync_probe_tolerance: float = 0.05
+    """Max mean |logprob| gap between learner and engine on the probe after an adapter load."""
+    seed: int = 0
+    """Sampling seed."""
+
+    def __post_init__(self):
+        check(self.n_samples >= 1, "rollout.n_samples", f"must be >= 1, got {self.n_samples}")
+        check(self.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+        check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class RewardConfig:
+    scorers: dict[str, float] = field(default_factory=lambda: {"json_valid": 0.2, "exact_answer": 1.0})
+    """Scorer name -> weight; the reward is the weighted sum."""
+    remote_url: str = ""
+    """If set, score through the REST reward service at this URL instead of in-process."""
+    remote_token_env: str = "REWARD_API_TOKEN"
+    """Environment variable holding the reward service's bearer token."""
+    timeout_s: float = 30.0
+    """Deadline per scoring call; items not done by then get status 'timeout' and score 0."""
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    """grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp | ppo."""
+    adv_estimator: str = ""
+    """Advantage estimator by name (empty = the algorithm's default)."""
+    policy_loss: str = ""
+    """Policy loss by name (empty = the algorithm's default)."""
+    loss_agg: str = ""
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (empty = the algorithm's default)."""
+    clip_low: float = 0.2
+    """PPO clip epsilon below 1."""
+    clip_high: float = 0.2
+    """PPO clip epsilon above 1 (DAPO's clip-higher uses a larger value)."""
+    kl_coef: float = 0.04
+    """beta: weight of the KL term to the reference policy (0 disables it and skips ref logprobs)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's k1, k2, k3)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c (> 1) for negative advantages; 0 disables."""
+    norm_adv_by_std: bool = True
+    """Divide group-relative advantages by the group std (GRPO) or not (Dr.GRPO)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """RL steps (each: generate, score, update, sync)."""
+    prompts_per_step: int = 8
+    """Prompts per step (each sampled rollout.n_samples times)."""
+    lr: float = 1e-4
+    """Learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps of the learning-rate schedule."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Schedule after warm-up."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward; gradients accumulate over a minibatch."""
+    mini_batches: int = 1
+    """Optimizer steps per RL step (the batch splits into this many minibatches)."""
+    epochs: int = 1
+    """Passes over each batch (PPO epochs)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    heldout_prompts: int = 64
+    """Held-out prompts scored (greedy) before and after training for summary.json."""
+    one_step_overlap: bool = False
+    """Generate batch t+1 with adapter t while the learner updates on batch t (split mode)."""
+
+    def __post_init__(self):
+        check(self.steps >= 0, "train.steps", "must be >= 0")
+        check(self.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+        check(self.mini_batches >= 1, "train.mini_batches", "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:arithmetic"
+    """Prompts: a JSONL/Parquet path, a saved `datasets` folder, or 'builtin:arithmetic'."""
+    heldout: str = ""
+    """Held-out prompts (same formats); empty = split off from `train` (builtin: a disjoint seed)."""
+    prompt_field: str = "prompt"
+    """Column with the prompt (a string, or a list of chat messages)."""
+    answer_field: str = "answer"
+    """Column with the reference answer the scorers compare against."""
+    builtin_size: int = 2000
+    """Rows generated for a builtin dataset."""
+    warm_start_steps: int = 0
+    """Supervised warm-start steps on the builtin task before RL (0 = none); cached by model and steps."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 5
+    """Save every N steps (0 = only at the end)."""
+    keep: int = 2
+    """Complete checkpoints kept (older ones are deleted)."""
+
+
+@dataclass
+class Config:
+    """One run of any stage. Top-level keys are the ones people type most (`run_name=demo resume=true`)."""
+
+    run_name: str = "dev"
+    """Run name; output goes to runs_dir/run_name."""
+    runs_dir: str = "runs"
+    """Folder holding runs (use an absolute path under `ray job submit --working-dir`)."""
+    cache_dir: str = ".cache"
+    """Built tiny models and warm starts are cached here."""
+    seed: int = 0
+    """Global seed (data order, sampling, init)."""
+    resume: bool = False
+    """Continue from the last complete checkpoint in the run folder."""
+    tensorboard: bool = True
+    """Write TensorBoard events next to metrics.jsonl."""
+    progress: bool = True
+    """Show a progress bar."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -1,0 +1,102 @@
+"""Load a causal LM for training: 4-bit NF4 base + LoRA (QLoRA), bf16/fp32 base + LoRA, or full.
+
+QLoRA: Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs". The reference policy of
+a LoRA learner is the same base with the adapter switched off (``reference_mode``): no second copy.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(model_path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=None, dtype: str = "float32",
+                adapter_path: str | os.PathLike | None = None, gradient_checkpointing: bool = False,
+                device: str | None = None):
+    """Return ``(model, tokenizer)`` ready to train.
+
+    ``finetune``: ``qlora`` (NF4 4-bit frozen base, double quantisation, LoRA on top), ``lora`` (frozen
+    base in ``dtype`` + LoRA) or ``full``. ``lora`` is a :class:`config.LoraConfig` (or None for its
+    defaults). ``adapter_path`` resumes a saved PEFT adapter instead of a fresh one.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if finetune not in ("qlora", "lora", "full"):
+        raise ValueError(f"model.finetune must be qlora, lora or full, got {finetune!r}")
+    if not Path(model_path, "config.json").exists():
+        raise FileNotFoundError(f"no model at {model_path} (expected a transformers folder with config.json)")
+    torch_dtype = DTYPES[dtype]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs: dict = {"dtype": torch_dtype}
+    if finetune == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype, bnb_4bit_quant_storage=torch.uint8,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+    if finetune != "qlora":
+        model.to(device)
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if finetune in ("qlora", "lora"):
+        model = attach_lora(model, lora, adapter_path)
+    return model, load_tokenizer(model_path)
+
+
+def attach_lora(model, lora=None, adapter_path: str | os.PathLike | None = None):
+    """Wrap ``model`` with a trainable LoRA adapter (fresh from ``lora`` or loaded from ``adapter_path``)."""
+    from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if adapter_path:
+        return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+    if lora is None:
+        from config import LoraConfig
+
+        lora = LoraConfig()
+    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def reference_mode(model) -> Iterator[None]:
+    """Run ``model`` as the reference policy: the same base with the LoRA adapter switched off."""
+    if not is_lora(model):
+        raise ValueError("reference_mode needs a LoRA model; a full fine-tune keeps a separate reference copy")
+    with model.disable_adapter():
+        yield
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_adapter(model, out_dir: str | os.PathLike) -> Path:
+    """Save the adapter in PEFT format (loadable by peft and by vLLM's LoRARequest); full models save whole."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
