@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from config.evaluation import EvalConfig
 from config.loader import check
+from config.preference import DPOConfig, RMConfig
+from config.sft import SFTConfig
 
 
 @dataclass
@@ -248,3 +251,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
