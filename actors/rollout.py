@@ -1,0 +1,156 @@
+"""The rollout role: a vLLM engine that samples completions and hot-loads LoRA adapters by version.
+
+`RolloutEngine` is a plain class (usable in-process, e.g. by the evaluation panel); `RolloutActor` is
+the same class as a Ray actor. Every generate result carries the adapter version it sampled with, so a
+trainer can prove which weights produced its data.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from config.schema import RolloutConfig
+
+log = logging.getLogger(__name__)
+
+
+class RolloutEngine:
+    def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig | None = None, max_lora_rank: int = 16,
+                 dtype: str = "float32", enable_lora: bool = True, device: str = "cpu"):
+        cfg = cfg or RolloutConfig()
+        if device == "cpu":
+            # vLLM's CPU backend sizes its KV cache from this variable (GiB), not from a GPU fraction.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.model_path = str(model_path)
+        t0 = time.time()
+        kwargs = dict(model=self.model_path, enforce_eager=cfg.enforce_eager, max_model_len=cfg.max_model_len,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=dtype,
+                      tensor_parallel_size=cfg.tensor_parallel_size, disable_log_stats=True)
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1, max_cpu_loras=2)
+        if cfg.sleep_between_phases and device == "gpu":
+            kwargs["enable_sleep_mode"] = True
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.startup_s = time.time() - t0
+        self.enable_lora = enable_lora
+        self._lora = None  # LoRARequest of the loaded adapter
+        self.adapter_version = -1  # -1: the base model
+        self._sleep_supported: bool | None = None
+        self.asleep = False
+
+    # -- adapters ---------------------------------------------------------------------------------------
+    def load_adapter(self, path: str | os.PathLike, version: int) -> int:
+        """Serve the PEFT adapter at ``path`` as ``version`` from the next request on."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.enable_lora:
+            raise RuntimeError("this engine was built with enable_lora=False")
+        if not Path(path, "adapter_config.json").exists():
+            raise FileNotFoundError(f"no PEFT adapter at {path} (adapter_config.json missing)")
+        # A fresh int id per version: vLLM caches adapters by id, so reusing one would serve stale weights.
+        self._lora = LoRARequest(lora_name=f"v{version}", lora_int_id=version + 1, lora_path=str(path))
+        self.adapter_version = version
+        return version
+
+    def unload_adapter(self) -> None:
+        self._lora = None
+        self.adapter_version = -1
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list, n: int = 1, max_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None) -> dict:
+        """Sample ``n`` completions per prompt (a string or a list of token ids).
+
+        Returns ``{"adapter_version", "samples": [[{text, token_ids, logprobs, finish_reason}] * n] * P,
+        "prompt_token_ids": [...], "seconds", "tokens"}``; ``logprobs`` are the engine's sampling logprobs.
+        """
+        from vllm import SamplingParams, TokensPrompt
+
+        c = self.cfg
+        temperature = c.temperature if temperature is None else temperature
+        if temperature == 0 and n > 1:
+            raise ValueError("greedy decoding (temperature 0) needs n=1")
+        sp = SamplingParams(n=n, max_tokens=max_tokens or c.max_new_tokens, temperature=temperature,
+                            top_p=c.top_p if top_p is None else top_p, stop=stop if stop is not None else (c.stop or None),
+                            logprobs=0, seed=seed)
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) if not isinstance(p, str) else p for p in prompts]
+        self._ensure_awake()
+        t0 = time.time()
+        outs = self.llm.generate(inputs, sp, lora_request=self._lora, use_tqdm=False)
+        samples, ntok = [], 0
+        for o in outs:
+            group = []
+            for s in o.outputs:
+                lps = [d[t].logprob if d and t in d else float("nan") for d, t in zip(s.logprobs or [], s.token_ids)]
+                group.append({"text": s.text, "token_ids": list(s.token_ids), "logprobs": lps,
+                              "finish_reason": s.finish_reason})
+                ntok += len(s.token_ids)
+            samples.append(group)
+        return {"adapter_version": self.adapter_version, "samples": samples,
+                "prompt_token_ids": [list(o.prompt_token_ids) for o in outs], "seconds": time.time() - t0, "tokens": ntok}
+
+    def prompt_logprobs(self, token_ids: list[list[int]]) -> dict:
+        """log p(x_t | x_<t) for t = 1..L-1 of each sequence under the served weights (the sync probe).
+
+        Returns ``{"adapter_version", "logprobs": [[...]]}``. Exact tokens in, so the learner can score the
+        very same ids.
+        """
+        from vllm import SamplingParams, TokensPrompt
+
+        self._ensure_awake()
+        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(t)) for t in token_ids], sp,
+                                 lora_request=self._lora, use_tqdm=False)
+        res = []
+        for o, ids in zip(outs, token_ids):
+            pl = o.prompt_logprobs or []
+            res.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
+        return {"adapter_version": self.adapter_version, "logprobs": res}
+
+    # -- colocate mode: free the device while the learner steps ------------------------------------------
+    def sleep(self) -> bool:
+        """Release weights/KV cache memory (vLLM sleep mode). Returns False where the backend cannot."""
+        if self._sleep_supported is False or self.asleep:
+            return bool(self.asleep)
+        try:
+            self.llm.sleep(level=1)
+            self._sleep_supported, self.asleep = True, True
+        except Exception as e:  # CPU builds and some versions have no sleep mode
+            self._sleep_supported = False
+            log.warning("vLLM sleep mode is not available on this backend (%s); the engine stays resident", e)
+        return self.asleep
+
+    def _ensure_awake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def info(self) -> dict:
+        return {"model_path": self.model_path, "adapter_version": self.adapter_version, "startup_s": self.startup_s,
+                "sleep_supported": self._sleep_supported}
+
+    def shutdown(self) -> None:
+        import gc
+
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                pass
+            del llm
+            gc.collect()
+
+
+RolloutActor = ray.remote(RolloutEngine)
