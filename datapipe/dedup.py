@@ -27,6 +27,14 @@ def messages_text(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def exchange_text(row: dict) -> str:
+    """The chat without its system prompt: what near-dedup compares by default, since a long shared system
+    prompt would otherwise make different questions look alike."""
+    if "messages" in row:
+        return messages_text({"messages": [m for m in row["messages"] if m.get("role") != "system"]})
+    return messages_text(row)
+
+
 def canonical_text(text: str) -> str:
     """Lower case, whitespace collapsed: differences nobody would call a different example."""
     return _WS.sub(" ", text.lower()).strip()
@@ -72,7 +80,7 @@ def dedup_near(rows, text_fn: Callable[[dict], str] | None = None, threshold: fl
     from datasketch import MinHash, MinHashLSH
 
     rows = list(rows)
-    text_fn = text_fn or messages_text
+    text_fn = text_fn or exchange_text
     # LSH only proposes candidates; the MinHash estimate decides. Banding tuned for `threshold` itself
     # finds only ~40% of pairs at J = threshold, so band for a lower threshold and weigh misses over
     # false candidates (a false candidate costs one signature comparison).

@@ -89,12 +89,21 @@ def _read_dir(path: Path, errors) -> Iterable[Row]:
         yield from _read_file(f, errors)
 
 
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working directory when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _read_file(path: Path, errors) -> Iterable[Row]:
+    name = _display(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         for i, r in enumerate(pq.read_table(path).to_pylist()):
-            yield Row(r, str(path), i)
+            yield Row(r, name, i)
         return
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
@@ -105,7 +114,7 @@ def _read_file(path: Path, errors) -> Iterable[Row]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); fix the file or write it as JSON lines") from None
         for i, r in enumerate(data):
-            row = _as_row(r, str(path), i, None, errors)
+            row = _as_row(r, name, i, None, errors)
             if row is not None:
                 yield row
         return
@@ -117,10 +126,10 @@ def _read_file(path: Path, errors) -> Iterable[Row]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            _report(RowError(f"{path} line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})"), errors)
+            _report(RowError(f"{name} line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})"), errors)
             index += 1
             continue
-        row = _as_row(obj, str(path), index, lineno, errors)
+        row = _as_row(obj, name, index, lineno, errors)
         index += 1
         if row is not None:
             yield row
