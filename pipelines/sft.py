@@ -1,0 +1,127 @@
+"""SFT: teach a base model to follow instructions with a QLoRA (or LoRA, or full) fine-tune on curated chats.
+
+    python pipelines/sft.py run_name=sft-demo sft.steps=60
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/sft.py runs_dir=$PWD/runs
+
+data pipeline (driver) -> learner actor in the placement group -> train loop -> held-out loss -> PEFT adapter.
+Output in runs/<run_name>/: metrics.jsonl, summary.json, data_report.json, curves.png, checkpoints/, adapter/.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import config  # noqa: E402
+from config import Config  # noqa: E402
+
+
+def main(argv: list[str]) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    from actors.sft_worker import SFTWorkerActor
+    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from datapipe.batches import chunks, step_rows
+    from datapipe.sft_data import build_sft_data, report_table
+    from learners.models import load_tokenizer
+    from learners.sft import perplexity
+    from runlog import RunLog, latest_checkpoint
+    from tinymodels import ensure_tiny_model
+
+    cfg = config.load(Config, "tiny-cpu", argv)
+    s = cfg.sft
+    run_dir = Path(cfg.runs_dir) / cfg.run_name
+    model_path = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
+
+    # 1. Data: read, normalise, clean, dedup, tokenise with the assistant mask, split, mix, pack.
+    tokenizer = load_tokenizer(model_path)
+    data = build_sft_data(s.sources, tokenizer, s.max_seq_len, max_chars=s.max_chars, dedup=s.dedup,
+                          near_dup_threshold=s.near_dup_threshold, num_perm=s.num_perm,
+                          heldout_fraction=s.heldout_fraction, heldout_max=s.heldout_max, mix=s.mix,
+                          mix_temperature=s.mix_temperature, mix_total=s.mix_total, seed=cfg.seed)
+    print(report_table(data.report), flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
+    if not data.heldout:
+        raise ValueError("no held-out samples: raise sft.heldout_fraction or give more data")
+    data_hash = hashlib.blake2b(json.dumps([r["input_ids"] for r in data.train]).encode(), digest_size=8).hexdigest()
+
+    # 2. One learner actor in the placement group (the same code on a laptop, a 4080 or a cluster).
+    started_ray = not ray.is_initialized()
+    connect(cfg.cluster)
+    plan = plan_resources(cfg.cluster, roles=("learner",))
+    pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
+    worker = SFTWorkerActor.options(**actor_options(plan, pg, "learner")).remote(str(model_path), cfg.model, s, cfg.seed)
+    print(plan.describe(), ray.get(worker.describe.remote()), flush=True)
+
+    # 3. Resume from the last complete checkpoint, or start.
+    ckpt_root = run_dir / "checkpoints"
+    start, meta = 0, {}
+    ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
+    if ckpt is not None:
+        meta = ray.get(worker.load_checkpoint.remote(str(ckpt)))
+        if meta.get("data_hash") != data_hash:
+            raise ValueError(f"the training data differ from those of checkpoint {ckpt} (sources, cleaning or seed "
+                             "changed); resume with the same sft.* and seed, or start a new run_name")
+        start = meta["step"]
+        print(f"resuming from {ckpt} at step {start}", flush=True)
+    log = RunLog(run_dir, tensorboard=cfg.tensorboard, start_step=start + 1 if start else 0, config=config.to_dict(cfg))
+
+    heldout_start = meta.get("heldout_loss_start")
+    if heldout_start is None:
+        ev = ray.get(worker.evaluate.remote(data.heldout))
+        heldout_start = ev["loss"]
+        log.log(0, {"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
+
+    # 4. Train: each step is grad_accum micro-batches of packed rows, one optimizer update.
+    rows_per_step = s.micro_batch_rows * s.grad_accum
+    for step in tqdm(range(start, s.steps), desc="sft", disable=not cfg.progress, initial=start, total=s.steps):
+        rows = [data.train[i] for i in step_rows(len(data.train), rows_per_step, step, cfg.seed)]
+        t0 = time.time()
+        m = ray.get(worker.train_step.remote(chunks(rows, s.micro_batch_rows)))
+        dt = time.time() - t0
+        metrics = {"train/loss": m["loss"], "train/ppl": perplexity(m["loss"]),
+                   "train/lr": m["lr"], "train/grad_norm": m["grad_norm"], "train/label_tokens": m["label_tokens"],
+                   "perf/step_s": dt, "perf/tokens_per_s": m["tokens"] / dt,
+                   "train/epoch": (step + 1) * rows_per_step / len(data.train)}
+        done = step + 1
+        if s.eval_every and done % s.eval_every == 0 and done < s.steps:
+            ev = ray.get(worker.evaluate.remote(data.heldout))
+            metrics.update({"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
+        log.log(done, metrics)
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < s.steps:
+            ray.get(worker.save_checkpoint.remote(str(ckpt_root), done, {"heldout_loss_start": heldout_start,
+                                                                          "data_hash": data_hash}, cfg.checkpoint.keep))
+
+    # 5. Held-out loss after training, the adapter vLLM serves, the summary.
+    ev = ray.get(worker.evaluate.remote(data.heldout))
+    log.log(s.steps, {"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
+    ray.get(worker.save_checkpoint.remote(str(ckpt_root), s.steps, {"heldout_loss_start": heldout_start,
+                                                                     "data_hash": data_hash}, cfg.checkpoint.keep))
+    adapter = ray.get(worker.save_adapter.remote(str(run_dir / "adapter")))
+    summary = {"stage": "sft", "model_path": str(model_path), "finetune": cfg.model.finetune, "steps": s.steps,
+               "heldout_loss_start": heldout_start, "heldout_loss_end": ev["loss"],
+               "heldout_ppl_start": perplexity(heldout_start), "heldout_ppl_end": ev["ppl"],
+               "heldout_samples": data.report["pack_heldout"]["in"], "train_samples": data.report["pack_train"]["in"],
+               "train_rows": len(data.train), "pack_fill": data.report["pack_train"]["fill"], "adapter": adapter}
+    log.summary(summary)
+    log.plot(["train/loss", "heldout/loss", "train/lr"], "curves.png", title=f"SFT {cfg.run_name}")
+    log.close()
+    print(json.dumps(summary, indent=2), flush=True)
+
+    ray.kill(worker)
+    from ray.util.placement_group import remove_placement_group
+
+    remove_placement_group(pg)
+    if started_ray:
+        ray.shutdown()
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
