@@ -28,6 +28,7 @@ BUILTINS = {
     "reward_model": "rewards.reward_model:RewardModelScorer",
     "python_unit_tests": "rewards.unit_tests:PythonUnitTestScorer",
     "remote": "rewards.remote:RemoteScorer",
+    "weighted": "rewards.compose:WeightedScorer",
 }
 
 _enabled: set[str] = {p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()}

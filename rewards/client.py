@@ -1,0 +1,102 @@
+"""Client of the REST reward service, and the one HTTP call (timeouts, bounded retries) it shares with
+remote scorers.
+
+Retries happen only where trying again can help and cannot double-count: 5xx answers and timeouts,
+a few times, with exponential back-off. 4xx answers are the caller's mistake (a wrong token, a batch over
+the limit) and raise :class:`RewardServiceError` with the service's message at once.
+"""
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from rewards.base import ERROR, TIMEOUT, Item, Result
+
+
+class RewardServiceError(RuntimeError):
+    """The service refused the request (4xx); the message is the service's, e.g. which limit was hit."""
+
+
+class TransportFailure(RuntimeError):
+    """No usable answer after the retries (timeouts or 5xx); ``status`` is ``timeout`` or ``error``."""
+
+    def __init__(self, msg: str, status: str):
+        super().__init__(msg)
+        self.status = status
+
+
+def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s: float, retries: int) -> dict:
+    """POST ``body`` as JSON; retry 5xx and timeouts up to ``retries`` times; return the JSON answer."""
+    last, status = "", ERROR
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
+        try:
+            r = http.post(url, json=body, headers=headers, timeout=timeout_s)
+        except httpx.TimeoutException as e:
+            last, status = f"timed out after {timeout_s:g} s ({type(e).__name__})", TIMEOUT
+            continue
+        except httpx.HTTPError as e:  # connection refused, DNS: not retried, the service is not there
+            raise TransportFailure(f"cannot reach {url}: {type(e).__name__}: {e}", ERROR) from None
+        if r.status_code >= 500:
+            last, status = f"HTTP {r.status_code}: {r.text[:300]}", ERROR
+            continue
+        if r.status_code >= 400:
+            try:
+                msg = r.json().get("detail", r.text)
+            except ValueError:
+                msg = r.text
+            raise RewardServiceError(f"{url} answered HTTP {r.status_code}: {str(msg)[:500]}")
+        try:
+            return r.json()
+        except ValueError:
+            raise TransportFailure(f"{url} answered with invalid JSON: {r.text[:200]}", ERROR) from None
+    raise TransportFailure(f"{url}: no answer after {retries + 1} attempts; last: {last}", status)
+
+
+class RewardClient:
+    """``RewardClient(url, token).score("json_valid", items) -> list[Result]`` against ``rewards.server``.
+
+    Batches larger than ``batch_size`` are sent in several requests. A service that cannot be reached or
+    keeps failing gives every affected item a Result with status ``timeout`` / ``error`` (score None), so a
+    trainer can mask them; a refusal (4xx: wrong token, over a limit, unknown scorer) raises.
+    """
+
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0, retries: int = 2, batch_size: int = 256):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"reward.remote_url={url!r}: expected http(s)://host:port")
+        if not token:
+            raise ValueError("the reward service needs a bearer token: set the variable named by "
+                             "reward.remote_token_env (default REWARD_API_TOKEN)")
+        self.url = url.rstrip("/")
+        self.timeout_s, self.retries, self.batch_size = timeout_s, retries, batch_size
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(follow_redirects=False, trust_env=False)
+
+    def score(self, scorer: str, items: list[Item]) -> list[Result]:
+        out: list[Result] = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            body = {"scorer": scorer, "deadline_s": self.timeout_s,
+                    "items": [{"prompt": it.prompt, "completion": it.completion, "reference": it.reference}
+                              for it in chunk]}
+            try:
+                # the HTTP timeout leaves the service its whole deadline plus time to answer
+                data = post_json(self._http, f"{self.url}/v1/score", body, self._headers, self.timeout_s + 10,
+                                 self.retries)
+                results = data["results"]
+                if len(results) != len(chunk):
+                    raise TransportFailure(f"service returned {len(results)} results for {len(chunk)} items", ERROR)
+                out += [Result(r.get("score"), r.get("status", ERROR), r.get("details") or {}) for r in results]
+            except TransportFailure as e:
+                out += [Result(None, e.status, {"reason": str(e)}) for _ in chunk]
+            except (KeyError, TypeError, AttributeError) as e:
+                out += [Result(None, ERROR, {"reason": f"malformed answer from the service: {e}"}) for _ in chunk]
+        return out
+
+    def health(self) -> dict:
+        return self._http.get(f"{self.url}/healthz", timeout=self.timeout_s).json()
+
+    def close(self):
+        self._http.close()

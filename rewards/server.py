@@ -1,0 +1,311 @@
+"""The REST reward service: ``python -m rewards.server --host H --port P [--config service.yaml] [key=value ...]``.
+
+Routes (all but ``/healthz`` need ``Authorization: Bearer $REWARD_API_TOKEN``):
+- ``POST /v1/score`` ``{"scorer", "items": [{"prompt", "completion", "reference"}], "deadline_s"?}`` ->
+  ``{"results": [{"score", "status", "details"}]}``, one per item, in order;
+- ``POST /v1/openrlhf`` (alias ``/get_reward``): OpenRLHF's remote-reward JSON ``{query, prompts, labels}`` ->
+  ``{rewards, scores, extra_logs}``;
+- ``GET /v1/scorers`` (served scorers, limits, sandbox state), ``GET /metrics`` (Prometheus),
+  ``GET /docs`` and ``/openapi.json``; ``GET /healthz`` (no auth, says nothing but "ok").
+
+Bounds: request body (413 before parsing), batch size (413), per-item length (that item: status error),
+a per-request deadline (unfinished items: status timeout), a concurrency limit (429 + Retry-After, no
+queue). A request names a scorer from the operator's list; nothing it names is imported, run or fetched.
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewards.base import ERROR, Item, Result
+from rewards.deadline import run_scorer
+from rewards.registry import enable_plugins, make_scorer
+from rewards.remote import allow_destinations
+from rewards.service_config import ServiceConfig
+
+log = logging.getLogger("rewards.server")
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+# ---- wire format ---------------------------------------------------------------------------------------
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = ""
+    completion: str
+    reference: Any = None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scorer: str = Field(max_length=200, description="one of the served scorers (GET /v1/scorers)")
+    items: list[ItemIn]
+    deadline_s: float | None = Field(default=None, gt=0, description="at most the service's own deadline")
+
+
+class ResultOut(BaseModel):
+    score: float | None
+    status: str
+    details: dict
+
+
+class ScoreResponse(BaseModel):
+    results: list[ResultOut]
+
+
+class OpenRLHFRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenRLHF forks send extra fields (templates, stop_reason)
+    query: list[str]
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+def _jsonable(x, depth: int = 0):
+    """Details from any scorer, made safe to send: JSON types only, finite numbers, bounded depth."""
+    if depth > 20:
+        return "..."
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in x]
+    return str(x)[:1000]
+
+
+# ---- guard: auth first, then the body limit (an unauthenticated body is never read) -------------------------
+class Guard:
+    def __init__(self, app, token: str, max_body: int, metrics):
+        self.app, self.token, self.max_body, self.metrics = app, token.encode(), max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        status_box = {}
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status_box["code"] = message["status"]
+            await send(message)
+
+        try:
+            if path not in OPEN_PATHS and not self._authorised(scope):
+                return await self._reply(counting_send, 401, "missing or wrong bearer token",
+                                         [(b"www-authenticate", b'Bearer realm="rewards"')])
+            headers = dict(scope["headers"])
+            declared = headers.get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+                return await self._reply(counting_send, 413, f"request body over max_body_bytes={self.max_body}")
+            body = bytearray()
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_body:
+                    return await self._reply(counting_send, 413, f"request body over max_body_bytes={self.max_body}")
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, counting_send)
+        finally:
+            route = path if path in KNOWN_PATHS else "other"
+            self.metrics["requests"].labels(route, str(status_box.get("code", 0))).inc()
+
+    def _authorised(self, scope) -> bool:
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                scheme, _, given = v.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+        return False
+
+    @staticmethod
+    async def _reply(send, code: int, detail: str, extra_headers=()):
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": code,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *extra_headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+KNOWN_PATHS = frozenset({"/healthz", "/v1/score", "/v1/openrlhf", "/get_reward", "/v1/scorers", "/metrics", "/docs",
+                         "/openapi.json", "/redoc"})
+
+
+# ---- the app -------------------------------------------------------------------------------------------------
+def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
+    """The FastAPI app for ``cfg``; ``token`` defaults to the variable ``cfg.token_env`` (required)."""
+    token = token if token is not None else os.environ.get(cfg.token_env, "")
+    if not token:
+        raise SystemExit(f"refusing to start without a token: set {cfg.token_env} (the bearer token clients send)")
+    enable_plugins(cfg.plugins)
+    allow_destinations(cfg.remote_allow)
+    scorers = {}
+    for name, opts in cfg.served().items():
+        opts = dict(opts)
+        base = opts.pop("scorer", name)
+        try:
+            scorers[name] = make_scorer(base, **opts)
+        except ValueError as e:
+            raise SystemExit(f"service config scorers.{name}: {e}") from None
+    sandbox_state = None
+    if any(getattr(s, "supports_deadline", False) and hasattr(s, "limits") for s in scorers.values()):
+        from rewards.sandbox import sandbox_problem
+
+        sandbox_state = sandbox_problem()
+        if sandbox_state:
+            log.warning("unit-test scorer will answer infra_error (fail closed): %s", sandbox_state)
+    if cfg.openrlhf_scorer not in scorers:
+        log.warning("openrlhf_scorer %r is not served; /v1/openrlhf will answer 503", cfg.openrlhf_scorer)
+
+    registry = CollectorRegistry()
+    metrics = {
+        "requests": Counter("reward_requests_total", "HTTP requests by route and status code", ["route", "code"],
+                            registry=registry),
+        "items": Counter("reward_items_total", "Scored items by scorer and status", ["scorer", "status"],
+                         registry=registry),
+        "seconds": Histogram("reward_score_seconds", "Time to score one request", ["scorer"], registry=registry),
+        "in_flight": Gauge("reward_requests_in_flight", "Requests being scored now", registry=registry),
+    }
+    app = FastAPI(title="raypost reward service", version="1",
+                  description="Scores (prompt, completion) batches. Every route but /healthz needs a bearer token.")
+    app.state.cfg, app.state.scorers = cfg, scorers
+    busy = {"n": 0}
+
+    async def score_items(name: str, items: list[Item], deadline_s: float | None) -> list[Result]:
+        scorer = scorers.get(name)
+        if scorer is None:
+            raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {sorted(scorers)}")
+        if len(items) > cfg.max_items:
+            raise HTTPException(413, f"batch of {len(items)} items over max_items={cfg.max_items}; send smaller batches")
+        if busy["n"] >= cfg.max_concurrency:
+            raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
+                                headers={"Retry-After": "1"})
+        out: list[Result | None] = [None] * len(items)
+        todo = []
+        for i, it in enumerate(items):
+            ref_len = len(json.dumps(it.reference)) if it.reference is not None else 0
+            longest = max(len(it.prompt), len(it.completion), ref_len)
+            if longest > cfg.max_item_chars:
+                out[i] = Result(None, ERROR, {"reason": f"item longer than max_item_chars={cfg.max_item_chars}"})
+            else:
+                todo.append(i)
+        timeout = min(cfg.deadline_s, deadline_s or math.inf)
+        busy["n"] += 1
+        metrics["in_flight"].inc()
+        t0 = time.monotonic()
+        try:
+            done = await run_in_threadpool(run_scorer, scorer, [items[i] for i in todo], timeout)
+        finally:
+            busy["n"] -= 1
+            metrics["in_flight"].dec()
+            metrics["seconds"].labels(name).observe(time.monotonic() - t0)
+        for i, r in zip(todo, done):
+            out[i] = r
+        for r in out:
+            metrics["items"].labels(name, r.status).inc()
+        return out
+
+    @app.get("/healthz", summary="Liveness (no auth)")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/scorers", summary="Served scorers, limits and sandbox state")
+    def list_scorers():
+        return {"scorers": sorted(scorers), "openrlhf_scorer": cfg.openrlhf_scorer,
+                "limits": {"max_body_bytes": cfg.max_body_bytes, "max_items": cfg.max_items,
+                           "max_item_chars": cfg.max_item_chars, "deadline_s": cfg.deadline_s,
+                           "max_concurrency": cfg.max_concurrency},
+                "sandbox": "ok" if sandbox_state is None else sandbox_state}
+
+    @app.post("/v1/score", response_model=ScoreResponse, summary="Score a batch with one scorer")
+    async def score(req: ScoreRequest):
+        items = [Item(it.prompt, it.completion, it.reference) for it in req.items]
+        results = await score_items(req.scorer, items, req.deadline_s)
+        return {"results": [{"score": r.score, "status": r.status, "details": _jsonable(r.details)} for r in results]}
+
+    async def openrlhf(req: OpenRLHFRequest):
+        if cfg.openrlhf_scorer not in scorers:
+            raise HTTPException(503, f"openrlhf_scorer {cfg.openrlhf_scorer!r} is not among the served scorers")
+        n = len(req.query)
+        for field_name, values in (("prompts", req.prompts), ("labels", req.labels)):
+            if values is not None and len(values) != n:
+                raise HTTPException(422, f"'{field_name}' has {len(values)} entries for {n} queries")
+        prompts = req.prompts or [""] * n
+        labels = req.labels or [None] * n
+        # OpenRLHF's query is prompt + response: the completion is what follows the prompt
+        items = [Item(p, q[len(p):] if p and q.startswith(p) else q, lab) for q, p, lab in zip(req.query, prompts, labels)]
+        results = await score_items(cfg.openrlhf_scorer, items, None)
+        rewards = [r.score if r.score is not None else 0.0 for r in results]
+        return {"rewards": rewards, "scores": rewards,
+                "extra_logs": {"reward_failed": [0.0 if r.score is not None else 1.0 for r in results]}}
+
+    app.post("/v1/openrlhf", response_model=OpenRLHFResponse, summary="OpenRLHF remote-reward JSON")(openrlhf)
+    app.post("/get_reward", response_model=OpenRLHFResponse, include_in_schema=False)(openrlhf)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(Guard, token=token, max_body=cfg.max_body_bytes, metrics=metrics)
+    return app
+
+
+def parse_args(argv: list[str]) -> ServiceConfig:
+    from config.loader import ConfigError, load
+
+    p = argparse.ArgumentParser(prog="python -m rewards.server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--config", help="YAML file with ServiceConfig fields (rewards/service_config.py)")
+    args, rest = p.parse_known_args(argv)
+    over = list(rest)
+    if args.host:
+        over.append(f"host={args.host}")
+    if args.port is not None:
+        over.append(f"port={args.port}")
+    try:
+        return load(ServiceConfig, args.config, over)
+    except ConfigError as e:
+        raise SystemExit(f"reward service config: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    app = build_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=5)
+
+
+if __name__ == "__main__":
+    main()
