@@ -42,6 +42,9 @@ def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s
         if r.status_code >= 500:
             last, status = f"HTTP {r.status_code}: {r.text[:300]}", ERROR
             continue
+        if 300 <= r.status_code < 400:
+            raise RewardServiceError(f"{url} answered HTTP {r.status_code} (redirect to "
+                                     f"{r.headers.get('location', '?')[:200]}); redirects are not followed")
         if r.status_code >= 400:
             try:
                 msg = r.json().get("detail", r.text)

@@ -18,7 +18,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     """Interface to listen on (loopback by default; put a TLS proxy in front for anything else)."""
     port: int = 8008
-    """TCP port."""
+    """TCP port (0: any free port, reported by the Ray actor)."""
     token_env: str = "REWARD_API_TOKEN"
     """Environment variable holding the bearer token every route but /healthz requires. The service refuses
     to start without it."""
@@ -47,7 +47,7 @@ class ServiceConfig:
     """uvicorn's log level."""
 
     def __post_init__(self):
-        check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
+        check(0 <= self.port <= 65535, "port", f"must be in 0..65535 (0: any free port), got {self.port}")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         check(self.max_items >= 1, "max_items", "must be >= 1")
         check(self.max_item_chars >= 1, "max_item_chars", "must be >= 1")

@@ -189,3 +189,98 @@ def test_weighted_scorer_config_errors():
         WeightedScorer({"json_valid": 1.0}, {"exact_answer": {}})
     with pytest.raises(ValueError, match="weight of scorer"):
         WeightedScorer({"json_valid": "heavy"})
+
+
+# ---- json_schema -------------------------------------------------------------------------------------------
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+                 "additionalProperties": False}
+
+
+@pytest.mark.parametrize("completion,schema,score", [
+    ('{"answer": 7}', ANSWER_SCHEMA, 1.0),
+    ('{"answer": "7"}', ANSWER_SCHEMA, 0.0),
+    ('{"answer": 7, "why": "x"}', ANSWER_SCHEMA, 0.0),
+    ("{}", ANSWER_SCHEMA, 0.0),
+    ('{"answer": NaN}', ANSWER_SCHEMA, 0.0),            # not strict JSON: no validation at all
+    ('{"answer": 1, "answer": 2}', ANSWER_SCHEMA, 0.0),
+    ('{"answer": 7}', '{"type": "object"}', 1.0),     # schema given as JSON text
+    ("[1, 1.0]", {"uniqueItems": True}, 0.0),          # 1 == 1.0 in JSON Schema
+    ("[1, true]", {"uniqueItems": True}, 1.0),         # but true != 1
+    ('[{"a": 1, "b": 2}, {"b": 2, "a": 1}]', {"uniqueItems": True}, 0.0),
+    ('"2024-13-45"', {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$"}, 1.0),
+    ("5", {"$defs": {"pos": {"minimum": 0}}, "$ref": "#/$defs/pos"}, 1.0),
+    ("-5", {"$defs": {"pos": {"minimum": 0}}, "$ref": "#/$defs/pos"}, 0.0),
+    ("1", True, 1.0),                                  # boolean schema
+])
+def test_json_schema_verdicts(completion, schema, score):
+    r = one(make_scorer("json_schema"), completion, schema)
+    assert (r.score, r.status) == (score, "ok"), r
+    if score == 0.0:
+        assert r.details.get("errors") or r.details.get("reason")
+
+
+def test_json_schema_large_unique_array_is_linear():
+    items = "[" + ",".join('{"k": %d, "v": [%d, "x"]}' % (i, i) for i in range(5000)) + "]"
+    r = one(make_scorer("json_schema", time_limit_s=5.0, max_instance_chars=200_000), items,
+            {"type": "array", "uniqueItems": True})
+    assert (r.score, r.status) == (1.0, "ok")
+
+
+@pytest.mark.parametrize("schema,reason", [
+    ({"type": "nonsense"}, "invalid schema"),
+    ("{not json", "not JSON"),
+    (["a"], "object or boolean"),
+    (None, "object or boolean"),
+    ({"enum": ["x" * 200_000]}, "max_schema_chars"),
+])
+def test_json_schema_unusable_schema_is_an_error_not_a_verdict(schema, reason):
+    r = one(make_scorer("json_schema"), "{}", schema)
+    assert r.score is None and r.status == "error" and reason in r.details["reason"]
+
+
+def test_json_schema_never_fetches_remote_refs():
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "integer"}')
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_port}/schema.json"
+        for schema in ({"$ref": url}, {"properties": {"a": {"$ref": url}}}):
+            r = one(make_scorer("json_schema"), '{"a": 1}', schema)
+            assert (r.score, r.status) == (None, "error") and "never fetched" in r.details["reason"]
+        one(make_scorer("json_schema"), '{"a": 1}', {"$schema": url, "type": "object"})  # unknown dialect
+        assert hits == []
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("schema,instance", [
+    ({"type": "string", "pattern": "^(a|aa)+$"}, '"' + "a" * 40 + '!"'),            # catastrophic backtracking
+    ({"patternProperties": {"^(a|aa)+$": {}}}, '{"' + "a" * 40 + '!": 1}'),
+    ({"$defs": {**{f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+                   for i in range(40)}, "d40": {"type": "string"}}, "$ref": "#/$defs/d0"}, "1"),  # 2^40 paths
+])
+def test_json_schema_pathological_inputs_time_out(schema, instance):
+    r = one(make_scorer("json_schema", time_limit_s=0.3), instance, schema)
+    assert r.status == "timeout" and r.score is None
+
+
+def test_json_schema_bounds_instance_depth_and_size():
+    s = make_scorer("json_schema", max_depth=5, max_instance_chars=50)
+    assert one(s, "[[[[[[1]]]]]]", {}).score == 0.0
+    assert one(s, '"' + "x" * 60 + '"', {}).score == 0.0
+    assert one(s, "[[1]]", {}).score == 1.0
