@@ -42,8 +42,8 @@ def preference_from_scores(score_first: torch.Tensor, score_second: torch.Tensor
     return 0.5 * (1.0 + torch.sign(score_first.double() - score_second.double()))
 
 
-def win_rate(pref_ab: torch.Tensor, pref_ba: torch.Tensor | None = None) -> torch.Tensor:
-    """Win-rate of model A against model B, with positions swapped to cancel the judge's order bias
+def wins(pref_ab: torch.Tensor, pref_ba: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-item wins of model A against model B, with positions swapped to cancel the judge's order bias
     (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena", sec. 3.4).
 
     ``pref_ab[i]`` is the judge's preference for the response shown *first* when A's answer comes first;
@@ -51,16 +51,20 @@ def win_rate(pref_ab: torch.Tensor, pref_ba: torch.Tensor | None = None) -> torc
 
         w_i = (pref_ab[i] + (1 - pref_ba[i])) / 2,
 
-    and the win-rate is mean_i w_i. Without ``pref_ba`` the win-rate is mean_i pref_ab[i], which carries
-    the judge's position bias in full: a judge that always picks the first answer gives 1.0 without the
-    swap and exactly 0.5 with it.
+    or w_i = pref_ab[i] without ``pref_ba`` -- which carries the judge's position bias in full.
     """
     pref_ab = pref_ab.double()
     if pref_ba is None:
-        return pref_ab.mean()
+        return pref_ab
     if pref_ba.shape != pref_ab.shape:
         raise ValueError(f"both orders need one verdict per item, got {tuple(pref_ab.shape)} and {tuple(pref_ba.shape)}")
-    return (0.5 * (pref_ab + 1.0 - pref_ba.double())).mean()
+    return 0.5 * (pref_ab + 1.0 - pref_ba.double())
+
+
+def win_rate(pref_ab: torch.Tensor, pref_ba: torch.Tensor | None = None) -> torch.Tensor:
+    """Win-rate of A against B: mean_i w_i of :func:`wins`. A judge that always picks the first answer gives
+    1.0 without the swap and exactly 0.5 with it."""
+    return wins(pref_ab, pref_ba).mean()
 
 
 def position_consistency(pref_ab: torch.Tensor, pref_ba: torch.Tensor) -> torch.Tensor:
@@ -88,13 +92,12 @@ def perplexity(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def rate(scores: torch.Tensor) -> dict[str, float]:
-    """Mean of per-item scores in [0, 1] with its standard error sqrt(p(1-p)/n) (the binomial one for 0/1
-    scores), so a table reader can tell a difference from noise."""
+    """Mean of per-item scores with its standard error sigma/sqrt(n) (population sigma, which for 0/1 scores
+    is the binomial sqrt(p(1-p)/n)), so a table reader can tell a difference from noise."""
     s = scores.double()
     if s.numel() == 0:
         return {"mean": float("nan"), "stderr": float("nan"), "n": 0}
-    p = s.mean()
-    return {"mean": p.item(), "stderr": torch.sqrt(p * (1 - p) / s.numel()).item(), "n": s.numel()}
+    return {"mean": s.mean().item(), "stderr": (s.std(correction=0) / s.numel() ** 0.5).item(), "n": s.numel()}
 
 
 def length_stats(lengths: torch.Tensor, truncated: torch.Tensor | None = None) -> dict[str, float]:
