@@ -2,7 +2,7 @@
 remote scorers.
 
 Retries happen only where trying again can help and cannot double-count: 5xx answers and timeouts,
-a few times, with exponential back-off. 4xx answers are the caller's mistake (a wrong token, a batch over
+a few times, with exponential back-off (and, for this project's own service, 429 after its Retry-After). 4xx answers are the caller's mistake (a wrong token, a batch over
 the limit) and raise :class:`RewardServiceError` with the service's message at once.
 """
 from __future__ import annotations
@@ -26,12 +26,15 @@ class TransportFailure(RuntimeError):
         self.status = status
 
 
-def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s: float, retries: int) -> dict:
-    """POST ``body`` as JSON; retry 5xx and timeouts up to ``retries`` times; return the JSON answer."""
-    last, status = "", ERROR
+def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s: float, retries: int,
+              retry_busy: bool = False) -> dict:
+    """POST ``body`` as JSON; retry 5xx and timeouts (and, with ``retry_busy``, 429 after its Retry-After)
+    up to ``retries`` times; return the JSON answer."""
+    last, status, wait = "", ERROR, 0.0
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
+            time.sleep(max(wait, min(2.0, 0.1 * 2 ** (attempt - 1))))
+            wait = 0.0
         try:
             r = http.post(url, json=body, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException as e:
@@ -39,6 +42,13 @@ def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s
             continue
         except httpx.HTTPError as e:  # connection refused, DNS: not retried, the service is not there
             raise TransportFailure(f"cannot reach {url}: {type(e).__name__}: {e}", ERROR) from None
+        if r.status_code == 429 and retry_busy:
+            last, status = "HTTP 429: the service is at its concurrency limit", ERROR
+            try:
+                wait = min(10.0, float(r.headers.get("retry-after", "1")))
+            except ValueError:
+                wait = 1.0
+            continue
         if r.status_code >= 500:
             last, status = f"HTTP {r.status_code}: {r.text[:300]}", ERROR
             continue
@@ -86,8 +96,9 @@ class RewardClient:
                               for it in chunk]}
             try:
                 # the HTTP timeout leaves the service its whole deadline plus time to answer
+                # our own service asks busy clients to come back (429 + Retry-After): that is retried too
                 data = post_json(self._http, f"{self.url}/v1/score", body, self._headers, self.timeout_s + 10,
-                                 self.retries)
+                                 self.retries, retry_busy=True)
                 results = data["results"]
                 if len(results) != len(chunk):
                     raise TransportFailure(f"service returned {len(results)} results for {len(chunk)} items", ERROR)
@@ -98,8 +109,26 @@ class RewardClient:
                 out += [Result(None, ERROR, {"reason": f"malformed answer from the service: {e}"}) for _ in chunk]
         return out
 
+    def scorers(self) -> dict:
+        """The service's served scorers, limits and sandbox state (needs the token: a quick auth check)."""
+        r = self._http.get(f"{self.url}/v1/scorers", headers=self._headers, timeout=self.timeout_s)
+        if r.status_code != 200:
+            raise RewardServiceError(f"{self.url}/v1/scorers answered HTTP {r.status_code}: {r.text[:300]}")
+        return r.json()
+
     def health(self) -> dict:
         return self._http.get(f"{self.url}/healthz", timeout=self.timeout_s).json()
 
     def close(self):
         self._http.close()
+
+
+class ServiceScorer:
+    """One scorer served by the REST service, as a local :class:`rewards.base.Scorer` (e.g. a component of
+    :class:`rewards.compose.WeightedScorer`)."""
+
+    def __init__(self, client: RewardClient, name: str):
+        self.client, self.name = client, name
+
+    def score(self, items: list[Item]) -> list[Result]:
+        return self.client.score(self.name, items)

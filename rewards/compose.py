@@ -17,11 +17,14 @@ class WeightedScorer:
     under ``timeout_s``. A component that fails on an item (score ``None``: error, timeout, infra_error)
     counts 0 there and its status shows in ``details["statuses"]``; the item's status is ``"ok"`` unless
     every component failed on it (then ``"error"``, or the shared status if all failed the same way).
+    ``components`` supplies ready scorers by name instead of building them, e.g.
+    ``{n: ServiceScorer(client, n)}`` to compose scorers served by the REST service.
     """
 
     name = "weighted"
 
-    def __init__(self, weights: dict[str, float], options: dict[str, dict] | None = None, timeout_s: float = 30.0):
+    def __init__(self, weights: dict[str, float], options: dict[str, dict] | None = None, timeout_s: float = 30.0,
+                 components: dict | None = None):
         if not weights:
             raise ValueError("reward.scorers is empty: name at least one scorer with its weight, e.g. {json_valid: 1.0}")
         options = dict(options or {})
@@ -37,6 +40,9 @@ class WeightedScorer:
         self.timeout_s = float(timeout_s)
         self.components = {}
         for k in weights:
+            if components and k in components:
+                self.components[k] = components[k]
+                continue
             opts = dict(options.get(k) or {})
             base = opts.pop("scorer", k)
             self.components[k] = make_scorer(base, **opts)

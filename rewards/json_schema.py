@@ -139,7 +139,31 @@ class JsonSchemaScorer:
     def score(self, items: list[Item]) -> list[Result]:
         return [self._one(it) for it in items]
 
+    def __post_init__(self):
+        # Checking a schema against its meta-schema costs far more than validating one instance, and a batch
+        # usually shares one schema: keep the last few compiled validators, keyed by the schema's JSON text.
+        self._cache: dict[str, object] = {}
+        self._cache_lock = threading.Lock()
+
     def _schema(self, ref):
+        key = ref if isinstance(ref, str) else None
+        if key is None:
+            try:
+                key = json.dumps(ref, sort_keys=True)
+            except (TypeError, ValueError, RecursionError):
+                raise ValueError("reference schema is not JSON-serialisable") from None
+        with self._cache_lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        validator = self._compile(ref)
+        with self._cache_lock:
+            if len(self._cache) >= 64:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = validator
+        return validator
+
+    def _compile(self, ref):
         if isinstance(ref, str):
             try:
                 ref = parse_strict(ref, False, False, self.max_schema_chars, self.max_depth)

@@ -213,6 +213,21 @@ def test_client_scores_refuses_and_survives_an_absent_service(url):
         RewardClient(url, "")
 
 
+def test_weighted_composition_of_served_scorers_matches_in_process(url):
+    from rewards import WeightedScorer
+    from rewards.client import ServiceScorer
+
+    c = RewardClient(url, TOKEN, timeout_s=5)
+    assert "exact_answer" in c.scorers()["scorers"]
+    weights = {"json_valid": 0.2, "exact_answer": 1.0}
+    items = [Item("p", '{"answer": 7}', 7), Item("p", "7", 7), Item("p", "{}", 7)]
+    remote = WeightedScorer(weights, components={n: ServiceScorer(c, n) for n in weights}).score(items)
+    local = WeightedScorer(weights).score(items)
+    assert [r.score for r in remote] == [r.score for r in local] == pytest.approx([1.2, 1.2, 0.2])
+    with pytest.raises(RewardServiceError, match="401"):
+        RewardClient(url, "wrong").scorers()
+
+
 def _flaky_app(fail_first: int, mode: str):
     """A stand-in remote scorer: the first ``fail_first`` calls answer 503 (or stall), then it works."""
     app = FastAPI()

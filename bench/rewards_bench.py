@@ -1,0 +1,130 @@
+"""Reward-scoring throughput on this machine: JSON items/s (in-process and through the REST service) and
+sandboxed programs/s.
+
+    .venv/bin/python bench/rewards_bench.py [--items 20000] [--programs 40] [--out runs/rewards_bench.json]
+
+Prints one line per measurement and writes them all as JSON. The sandbox part needs bubblewrap and root
+(or a delegated cgroup); it is skipped with the reason otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewards import Item, make_scorer  # noqa: E402
+
+
+def json_corpus(n: int, seed: int = 0) -> list[Item]:
+    """Completions like a JSON-answer task produces: mostly valid objects, a share of typical breakages."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        obj = {"answer": rng.randint(0, 99), "steps": [rng.random() for _ in range(rng.randint(0, 8))],
+               "note": "x" * rng.randint(0, 200)}
+        text = json.dumps(obj)
+        kind = rng.random()
+        if kind < 0.1:
+            text = text[:-1]                      # truncated
+        elif kind < 0.15:
+            text = text.replace('"answer"', "'answer'")
+        elif kind < 0.2:
+            text = text[:-1] + ', "answer": 1}'   # duplicate key
+        out.append(Item("What is a+b?", text, obj["answer"]))
+    return out
+
+
+def rate(scorer, items: list[Item], repeat: int = 3) -> float:
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        scorer.score(items)
+        best = max(best, len(items) / (time.perf_counter() - t0))
+    return best
+
+
+def service_rate(items: list[Item], batch: int = 256) -> float:
+    import uvicorn
+
+    from rewards.client import RewardClient
+    from rewards.server import build_app
+    from rewards.service_config import ServiceConfig
+
+    token = "bench-token"
+    server = uvicorn.Server(uvicorn.Config(build_app(ServiceConfig(max_items=batch, scorers={"json_valid": {}},
+                                                                         openrlhf_scorer="json_valid"), token),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    client = RewardClient(url, token, batch_size=batch)
+    try:
+        client.score("json_valid", items[:batch])  # warm-up
+        t0 = time.perf_counter()
+        res = client.score("json_valid", items)
+        assert len(res) == len(items)
+        return len(items) / (time.perf_counter() - t0)
+    finally:
+        client.close()
+        server.should_exit = True
+        t.join()
+
+
+def sandbox_rate(n: int, workers: int) -> float:
+    s = make_scorer("python_unit_tests", workers=workers)
+    items = [Item("p", f"def add(a, b):\n    return a + b + {i % 2}", "assert add(2, 3) == 5") for i in range(n)]
+    t0 = time.perf_counter()
+    res = s.score(items)
+    dt = time.perf_counter() - t0
+    statuses = {r.status for r in res}
+    assert statuses <= {"pass", "fail"}, statuses  # half pass, half fail: both paths measured
+    return n / dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=20000)
+    ap.add_argument("--programs", type=int, default=40)
+    ap.add_argument("--out", default="runs/rewards_bench.json")
+    args = ap.parse_args()
+    items = json_corpus(args.items)
+    results = {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0], "items": args.items}
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}, "steps": {"type": "array"}},
+              "required": ["answer"]}
+    measurements = [
+        ("json_valid_items_per_s", lambda: rate(make_scorer("json_valid"), items)),
+        ("json_valid_lenient_items_per_s", lambda: rate(make_scorer("json_valid", allow_nan=True,
+                                                                    allow_duplicate_keys=True), items)),
+        ("json_schema_items_per_s", lambda: rate(make_scorer("json_schema"),
+                                                 [Item(i.prompt, i.completion, schema) for i in items[:5000]])),
+        ("exact_answer_items_per_s", lambda: rate(make_scorer("exact_answer"), items)),
+        ("json_valid_via_service_items_per_s", lambda: service_rate(items)),
+    ]
+    from rewards.sandbox import sandbox_problem
+
+    problem = sandbox_problem()
+    if problem is None:
+        measurements += [("sandbox_programs_per_s_1_worker", lambda: sandbox_rate(args.programs, 1)),
+                         ("sandbox_programs_per_s_2_workers", lambda: sandbox_rate(args.programs, 2))]
+    else:
+        results["sandbox_skipped"] = problem
+    for name, fn in measurements:
+        results[name] = round(fn(), 1)
+        print(f"{name:40s} {results[name]:>10.1f}", flush=True)
+    results["load_avg_1m_at_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
