@@ -1,7 +1,7 @@
 """Exact-answer reward: pull the final answer out of a completion and compare it with the reference.
 
 Extraction, first that applies: a JSON object with an ``answer`` key (the whole completion, or the
-first such object in it); the last ``\\boxed{...}``; the last ``answer: X`` / ``answer is X``; the last
+last such object in it); the last ``\\boxed{...}``; the last ``answer: X`` / ``answer is X``; the last
 number in the text. Comparison: numerically within a tolerance when both sides read as numbers
 (``7``, ``7.0``, ``1,000``, ``3/4``), else as normalised strings. A reference may be a list of
 acceptable answers.
@@ -23,6 +23,8 @@ _FRACTION = re.compile(r"^\s*([-+]?\d+)\s*/\s*(\d+)\s*$")
 _TEX_FRACTION = re.compile(r"^([-+]?)\\[dt]?frac\{\s*([-+]?\d+)\s*\}\{\s*(\d+)\s*\}$")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*([^\n]+)", re.IGNORECASE)
 _MAX_SCAN = 100_000  # characters of a completion looked at; answers live near the end
+_OBJECT_START = re.compile(r'\{\s*"')  # where a JSON object with a key may begin
+_MAX_OBJECTS, _MAX_OBJECT_CHARS = 64, 10_000
 
 
 def to_number(value: Any) -> float | None:
@@ -77,6 +79,11 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _json_answer(text: str, key: str) -> tuple[bool, Any]:
+    """The ``key`` field of the whole text as a JSON object, else of the last JSON object in it that has one.
+
+    Only the last ``_MAX_OBJECTS`` object starts are tried, each on a bounded slice: trying every ``{`` of a
+    hostile completion would be quadratic (each failed decode also scans back to count lines).
+    """
     stripped = text.strip()
     try:
         obj = json.loads(stripped)
@@ -85,9 +92,10 @@ def _json_answer(text: str, key: str) -> tuple[bool, Any]:
     except (ValueError, RecursionError):
         pass
     decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
+    starts = [m.start() for m in _OBJECT_START.finditer(text)][-_MAX_OBJECTS:]
+    for pos in reversed(starts):
         try:
-            obj, _ = decoder.raw_decode(text, m.start())
+            obj, _ = decoder.raw_decode(text[pos:pos + _MAX_OBJECT_CHARS])
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict) and key in obj:

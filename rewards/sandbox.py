@@ -97,6 +97,16 @@ def _own_cgroup(controller: str) -> str | None:
     return None
 
 
+_live: set[Path] = set()  # cgroups this process created and has not removed yet
+_live_lock = threading.Lock()
+
+
+def live_cgroups() -> list[Path]:
+    """Cgroups of this process's sandboxes that still exist (empty between runs)."""
+    with _live_lock:
+        return sorted(d for d in _live if d.exists())
+
+
 class _Cgroups:
     """A pids + memory cgroup pair for one run, nested under this process's own cgroups (so the limits
     of whoever runs the service still apply), removed at the end."""
@@ -137,6 +147,8 @@ class _Cgroups:
     def _make(self, path: Path, settings: dict[str, str]):
         path.mkdir(parents=False)
         self.dirs.append(path)
+        with _live_lock:
+            _live.add(path)
         for k, v in settings.items():
             if (path / k).exists() or k != "memory.swap.max":
                 (path / k).write_text(v)
@@ -200,6 +212,9 @@ class _Cgroups:
                     break
                 except OSError:  # still busy for a moment after the last process died
                     time.sleep(0.02)
+            if not d.exists():
+                with _live_lock:
+                    _live.discard(d)
         self.dirs = []
 
 

@@ -39,7 +39,7 @@ def _processes_mentioning(marker: str) -> list[int]:
 
 
 def _leftover_cgroups() -> list[Path]:
-    return [d for d in Path("/sys/fs/cgroup").glob(f"*/**/{sandbox.CGROUP_PREFIX}-*") if d.is_dir()]
+    return sandbox.live_cgroups()
 
 
 def _host_ok(scorer):

@@ -71,6 +71,8 @@ def test_json_valid_non_string_completion_is_an_error_not_a_crash():
     ('{"answer": 7.0000000001}', 7, 1.0),  # inside the relative tolerance
     ('{"answer": 7.01}', 7, 0.0),
     ('I think {"answer": 12} is right', 12, 1.0),
+    ('{"answer": 3} no wait, {"answer": 4}', 4, 1.0),  # the last one counts
+    ('{"result": {"answer": 5}}', 5, 1.0),
     ('{"answer": true}', "True", 1.0),
     ('{"answer": NaN}', 7, 0.0),
     ("so the result is \\boxed{42}.", 42, 1.0),
@@ -105,8 +107,25 @@ def test_format_think_answer_tags():
     assert one(s, "<answer>7</answer>").score == 0.0
     assert one(s, "<think>a</think><answer>7</answer> trailing").score == 0.0
     assert one(make_scorer("format", pattern=r"\{.*\}"), '{"answer": 7}').score == 1.0
+    assert one(s, "<think>a</think>b</think><answer>7</answer>").score == 0.0  # one think block only
     with pytest.raises(ValueError, match="regular expression"):
         make_scorer("format", pattern="(")
+    r = one(make_scorer("format", pattern="(a|aa)+", time_limit_s=0.2), "a" * 40 + "!")
+    assert (r.score, r.status) == (None, "timeout")  # an operator's backtracking pattern is cut off
+
+
+# Hostile completions near the size limit: each must get its verdict promptly (a lazy regex or a decode
+# attempt at every "{" made some of these take 10-15 s before).
+HOSTILE_TEXT = ['{"a":' * 20000, "{" * 100000, '{"answer": ' * 10000, "\\boxed{" * 30000, "answer: " * 20000,
+                "<think>" + "</think><answer>" * 5000, "<think></think><answer>" + "</answer>x" * 20000]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", HOSTILE_TEXT, ids=range(len(HOSTILE_TEXT)))
+def test_hostile_text_gets_a_verdict(text):
+    for name in ("exact_answer", "format", "json_valid"):
+        r = one(make_scorer(name), text, 7)
+        assert r.status == "ok" and r.score == 0.0, (name, r.details)
 
 
 def test_overlong_penalty_follows_dapo_piecewise_formula():
