@@ -53,7 +53,8 @@ def url():
     cfg = ServiceConfig(max_body_bytes=64 << 10, max_items=8, max_item_chars=1000, deadline_s=3.0, max_concurrency=1,
                         scorers={"json_valid": {}, "exact_answer": {}, "json_schema": {},
                                  "python_unit_tests": {"wall_s": 20, "cpu_s": 20, "workers": 2},
-                                 "strict_json": {"scorer": "json_valid", "require": "object"}})
+                                 "strict_json": {"scorer": "json_valid", "require": "object"},
+                                 "combo": {"scorer": "weighted", "weights": {"json_valid": 0.2, "exact_answer": 1.0}}})
     with serve(build_app(cfg, TOKEN)) as u:
         yield u
 
@@ -93,6 +94,10 @@ def test_score_one_result_per_item_in_order(url):
     assert [x["score"] for x in res] == [1.0, 0.0, 1.0] and all(x["status"] == "ok" for x in res)
     r = post(url, "/v1/score", {"scorer": "strict_json", "items": [{"completion": "[1]"}, {"completion": "{}"}]})
     assert [x["score"] for x in r.json()["results"]] == [0.0, 1.0]
+    r = post(url, "/v1/score", {"scorer": "combo", "items": items[:2]})
+    res = r.json()["results"]
+    assert [x["score"] for x in res] == pytest.approx([1.2, 0.0])
+    assert res[0]["details"]["statuses"] == {"json_valid": "ok", "exact_answer": "ok"}
     schema = {"type": "object", "required": ["answer"]}
     r = post(url, "/v1/score", {"scorer": "json_schema", "items": [{"completion": '{"answer": 1}', "reference": schema},
                                                                     {"completion": "{}", "reference": schema}]})
