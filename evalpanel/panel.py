@@ -86,13 +86,13 @@ def run_panel(model_path: str | os.PathLike, adapter_path: str | os.PathLike | N
     it down after). ``against``: an earlier run_panel result whose answers are the win-rate opponent where a
     suite's rows carry no reference completion. ``judge``: a built judge (None: ``make_judge(cfg)`` on first
     need). Returns ``{"name", "model", "adapter", "metrics", "stderr", "n", "samples", "answers", "notes",
-    "seconds"}``.
+    "seconds", "direction"}`` (``direction``: +1 where higher is better, for the report).
     """
     cfg = cfg or EvalConfig()
     loaded = [s if isinstance(s, Suite) else load_suite(s, cfg.limit) for s in (suites or cfg.suites)]
     res = {"name": name or (Path(adapter_path).name if adapter_path else "base"), "model": str(model_path),
            "adapter": str(adapter_path) if adapter_path else None, "metrics": {}, "stderr": {}, "n": {},
-           "samples": {}, "answers": {}, "notes": {}, "seconds": {}}
+           "samples": {}, "answers": {}, "notes": {}, "seconds": {}, "direction": {}}
     own_engine = engine is None and any(s.spec.kind != "perplexity" for s in loaded)
     if own_engine:
         engine = make_engine(model_path, cfg)
@@ -191,6 +191,7 @@ def _generate_and_score(suite: Suite, engine, version: int, cfg: EvalConfig, res
         scores = torch.tensor([r.score if r.score is not None else 0.0 for r in results], dtype=torch.float64)
         if s.kind == "generate":
             _put(res, f"{suite.name}/{metric}", metrics.rate(scores))
+            res["direction"][f"{suite.name}/{metric}"] = 1  # a scorer's score is a reward: higher is better
             continue
         # pass@k: a sample passes when the scorer gives it full marks.
         correct = (scores.view(len(groups), s.n_samples) >= 1.0).sum(1)

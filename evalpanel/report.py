@@ -9,12 +9,16 @@ from pathlib import Path
 
 # Which way is better, by the metric's name (the part after "suite/"); anything else is shown without a verdict.
 LOWER_IS_BETTER = ("perplexity",)
-HIGHER_IS_BETTER = ("format", "json_valid", "json_schema", "exact_match", "pass@", "win_rate", "consistency")
-NEUTRAL = ("len_", "truncated")
+HIGHER_IS_BETTER = ("format", "json_valid", "json_schema", "exact_match", "pass@", "win_rate")
+# Lengths, and the judge's own diagnostics (its verdict in one order only, its agreement across orders).
+NEUTRAL = ("len_", "truncated", "win_rate_unswapped", "consistency")
 
 
-def direction(metric: str) -> int:
-    """+1 if a larger value is better, -1 if a smaller one is, 0 if neither (lengths)."""
+def direction(metric: str, declared: dict | None = None) -> int:
+    """+1 if a larger value is better, -1 if a smaller one is, 0 if neither (lengths). ``declared`` (what
+    run_panel records: every scorer's rate is a reward, so higher is better) wins over the name."""
+    if declared and metric in declared:
+        return int(declared[metric])
     name = metric.split("/", 1)[-1]
     if name.startswith(NEUTRAL):
         return 0
@@ -51,10 +55,12 @@ def comparison(results_by_checkpoint: dict[str, dict]) -> dict:
         keys += [k for k in per[n][0] if k not in keys]
     table = {k: {n: per[n][0].get(k) for n in names} for k in keys}
     stderr = {k: {n: per[n][1].get(k) for n in names if per[n][1].get(k) is not None} for k in keys}
+    declared = {k: v for r in results_by_checkpoint.values() for k, v in (r.get("direction") or {}).items()}
     base = names[0] if names else None
     delta = {k: {n: (v - row[base]) if (v is not None and row.get(base) is not None) else None
                  for n, v in row.items() if n != base} for k, row in table.items()}
-    return {"checkpoints": names, "baseline": base, "metrics": table, "stderr": stderr, "delta": delta}
+    return {"checkpoints": names, "baseline": base, "metrics": table, "stderr": stderr, "delta": delta,
+            "direction": {k: direction(k, declared) for k in keys}}
 
 
 def markdown(comp: dict) -> str:
@@ -62,7 +68,7 @@ def markdown(comp: dict) -> str:
     head = ["metric", *names] + [f"Δ {n} vs {base}" for n in names[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, row in comp["metrics"].items():
-        d = direction(k)
+        d = comp["direction"][k]
         vals = [v for v in row.values() if isinstance(v, (int, float))]
         best = (max(vals) if d > 0 else min(vals)) if (d and len(vals) > 1 and len(set(vals)) > 1) else None
         cells = []
@@ -95,7 +101,7 @@ def plot(comp: dict, path: Path) -> Path | None:
         errs = [comp["stderr"].get(k, {}).get(n) or 0.0 for n in names]
         ax.bar(range(len(names)), vals, yerr=errs, color=colors, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(k + {1: " ↑", -1: " ↓", 0: ""}[direction(k)], fontsize=9)
+        ax.set_title(k + {1: " ↑", -1: " ↓", 0: ""}[comp["direction"][k]], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -114,7 +120,7 @@ def write_table(results_by_checkpoint: dict[str, dict], out_dir: str | os.PathLi
     comp = comparison(results_by_checkpoint)
     paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
     paths["markdown"].write_text(markdown(comp))
-    details = {n: {k: v for k, v in r.items() if k not in ("metrics", "stderr", "answers")}
+    details = {n: {k: v for k, v in r.items() if k not in ("metrics", "stderr", "answers", "direction")}
                for n, r in results_by_checkpoint.items() if isinstance(r.get("metrics"), dict)}
     paths["json"].write_text(json.dumps({**comp, "details": details}, indent=2, default=str))
     if plot(comp, paths["png"]) is None:
