@@ -110,10 +110,12 @@ class RolloutEngine:
 
         self._ensure_awake()
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(t)) for t in token_ids], sp,
-                                 lora_request=self._lora, use_tqdm=False)
         res = []
-        for o, ids in zip(outs, token_ids):
+        # One request per call: vLLM 0.32's CPU LoRA logits path mis-sizes its index tensor when several
+        # requests ask for prompt logprobs in one batch (einsum shape error that kills the engine).
+        for ids in token_ids:
+            (o,) = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], sp, lora_request=self._lora,
+                                     use_tqdm=False)
             pl = o.prompt_logprobs or []
             res.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
         return {"adapter_version": self.adapter_version, "logprobs": res}

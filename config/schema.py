@@ -116,7 +116,7 @@ class RolloutConfig:
     """In colocate mode, put the engine to sleep while the learner steps (where the backend supports it)."""
     tensor_parallel_size: int = 1
     """GPUs per engine (split mode)."""
-    sync_probe_tolerance: float = 0.05
+    sync_probe_tolerance: float = 0.01
     """Max mean |logprob| gap between learner and engine on the probe after an adapter load."""
     seed: int = 0
     """Sampling seed."""
@@ -138,6 +138,12 @@ class RewardConfig:
     """Environment variable holding the reward service's bearer token."""
     timeout_s: float = 30.0
     """Deadline per scoring call; items not done by then get status 'timeout' and score 0."""
+    options: dict[str, dict] = field(default_factory=dict)
+    """Per-scorer options, e.g. {json_schema: {max_depth: 20}}; an entry {scorer: BASE} reuses a scorer under a new name."""
+    plugins: list[str] = field(default_factory=list)
+    """Entry-point reward plugins (group raypost.rewards) the operator enables by name."""
+    remote_allow: list[str] = field(default_factory=list)
+    """Destinations (host or host:port) that remote HTTP scorers may call."""
 
 
 @dataclass
@@ -162,8 +168,8 @@ class AlgoConfig:
     """Entropy bonus weight."""
     dual_clip: float = 0.0
     """Dual-clip constant c (> 1) for negative advantages; 0 disables."""
-    norm_adv_by_std: bool = True
-    """Divide group-relative advantages by the group std (GRPO) or not (Dr.GRPO)."""
+    norm_adv_by_std: Optional[bool] = None
+    """Divide group-relative advantages by the group std (GRPO: true) or not (Dr.GRPO: false); empty = the algorithm's default."""
 
 
 @dataclass

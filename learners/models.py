@@ -100,3 +100,38 @@ def save_adapter(model, out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+def export_engine_base(model_path: str | os.PathLike, model, out_dir: str | os.PathLike) -> Path:
+    """Write the base weights the rollout engine should serve so that it sees the learner's model.
+
+    A QLoRA learner computes with NF4-quantised weights; an engine serving the original bf16/fp32
+    weights would sample from a slightly different policy (the quantisation error). Here every 4-bit
+    linear layer is dequantised (W' = dequant(quant(W))) and written into a plain transformers folder,
+    so that engine and learner agree to float rounding and the sync probe can use a tight tolerance.
+    For LoRA/full learners the base is the original folder and is returned as it is.
+    """
+    import shutil
+
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    if not quantized:
+        return Path(model_path)
+    plain = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    for name, m in quantized.items():
+        # peft wraps layers: ...q_proj.base_layer is the Linear4bit; the plain model's name drops the prefixes.
+        plain_name = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+        w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.float32)
+        target = plain.get_submodule(plain_name)
+        if target.weight.shape != w.shape:
+            raise RuntimeError(f"dequantised {name} has shape {tuple(w.shape)}, base has {tuple(target.weight.shape)}")
+        target.weight.data.copy_(w)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(str(out), safe_serialization=True)
+    for f in Path(model_path).iterdir():
+        if f.is_file() and ("token" in f.name or f.name in ("chat_template.jinja", "generation_config.json")):
+            shutil.copy(f, out / f.name)
+    return out

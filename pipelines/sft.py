@@ -22,15 +22,12 @@ from config import Config  # noqa: E402
 
 def main(argv: list[str]) -> dict:
     import ray
-    from tqdm import tqdm
+    from ray.util.placement_group import remove_placement_group
 
     from actors.sft_worker import SFTWorkerActor
     from cluster import actor_options, connect, make_placement_group, plan_resources
-    from datapipe.batches import chunks, step_rows
     from datapipe.sft_data import build_sft_data, report_table
     from learners.models import load_tokenizer
-    from learners.sft import perplexity
-    from runlog import RunLog, latest_checkpoint
     from tinymodels import ensure_tiny_model
 
     cfg = config.load(Config, "tiny-cpu", argv)
@@ -49,7 +46,6 @@ def main(argv: list[str]) -> dict:
     (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
     if not data.heldout:
         raise ValueError("no held-out samples: raise sft.heldout_fraction or give more data")
-    data_hash = hashlib.blake2b(json.dumps([r["input_ids"] for r in data.train]).encode(), digest_size=8).hexdigest()
 
     # 2. One learner actor in the placement group (the same code on a laptop, a 4080 or a cluster).
     started_ray = not ray.is_initialized()
@@ -57,7 +53,27 @@ def main(argv: list[str]) -> dict:
     plan = plan_resources(cfg.cluster, roles=("learner",))
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
     worker = SFTWorkerActor.options(**actor_options(plan, pg, "learner")).remote(str(model_path), cfg.model, s, cfg.seed)
-    print(plan.describe(), ray.get(worker.describe.remote()), flush=True)
+    try:
+        print(plan.describe(), ray.get(worker.describe.remote()), flush=True)
+        return train(cfg, worker, data, run_dir, model_path)
+    finally:
+        ray.kill(worker)
+        remove_placement_group(pg)
+        if started_ray:
+            ray.shutdown()
+
+
+def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
+    """Steps 3-5 on the learner actor: resume or start, the training loop, the final evaluation and adapter."""
+    import ray
+    from tqdm import tqdm
+
+    from datapipe.batches import chunks, step_rows
+    from learners.sft import perplexity
+    from runlog import RunLog, latest_checkpoint
+
+    s = cfg.sft
+    data_hash = hashlib.blake2b(json.dumps([r["input_ids"] for r in data.train]).encode(), digest_size=8).hexdigest()
 
     # 3. Resume from the last complete checkpoint, or start.
     ckpt_root = run_dir / "checkpoints"
@@ -90,19 +106,17 @@ def main(argv: list[str]) -> dict:
                    "perf/step_s": dt, "perf/tokens_per_s": m["tokens"] / dt,
                    "train/epoch": (step + 1) * rows_per_step / len(data.train)}
         done = step + 1
-        if s.eval_every and done % s.eval_every == 0 and done < s.steps:
+        if (s.eval_every and done % s.eval_every == 0) or done == s.steps:
             ev = ray.get(worker.evaluate.remote(data.heldout))
             metrics.update({"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
         log.log(done, metrics)
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < s.steps:
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == s.steps:
             ray.get(worker.save_checkpoint.remote(str(ckpt_root), done, {"heldout_loss_start": heldout_start,
                                                                           "data_hash": data_hash}, cfg.checkpoint.keep))
 
-    # 5. Held-out loss after training, the adapter vLLM serves, the summary.
-    ev = ray.get(worker.evaluate.remote(data.heldout))
-    log.log(s.steps, {"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
-    ray.get(worker.save_checkpoint.remote(str(ckpt_root), s.steps, {"heldout_loss_start": heldout_start,
-                                                                     "data_hash": data_hash}, cfg.checkpoint.keep))
+    # 5. Held-out loss after training (from the last step), the adapter vLLM serves, the summary.
+    if start >= s.steps:  # resumed a finished run: nothing trained, measure again
+        ev = ray.get(worker.evaluate.remote(data.heldout))
     adapter = ray.get(worker.save_adapter.remote(str(run_dir / "adapter")))
     summary = {"stage": "sft", "model_path": str(model_path), "finetune": cfg.model.finetune, "steps": s.steps,
                "heldout_loss_start": heldout_start, "heldout_loss_end": ev["loss"],
@@ -113,13 +127,6 @@ def main(argv: list[str]) -> dict:
     log.plot(["train/loss", "heldout/loss", "train/lr"], "curves.png", title=f"SFT {cfg.run_name}")
     log.close()
     print(json.dumps(summary, indent=2), flush=True)
-
-    ray.kill(worker)
-    from ray.util.placement_group import remove_placement_group
-
-    remove_placement_group(pg)
-    if started_ray:
-        ray.shutdown()
     return summary
 
 

@@ -1,0 +1,122 @@
+"""The learner role: a 4-bit NF4 base + LoRA (QLoRA), LoRA or full model, its optimizer, and the RL step.
+
+The reference policy is the same base with the adapter switched off (no second model). Math comes from
+learners/; this class holds state and moves data.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from learners.algorithms import resolve
+from learners.models import export_engine_base, is_lora, load_policy, reference_mode, save_adapter
+from learners.step import RLBatch, batched_logprobs, build_sequences, compute_advantages, make_scheduler, policy_update
+
+
+class LearnerWorker:
+    def __init__(self, model_path: str, model_cfg, algo_cfg, train_cfg, seed: int = 0, total_steps: int | None = None,
+                 num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.model_path = model_path
+        self.algo = resolve(algo_cfg)
+        self.train_cfg = train_cfg
+        self.model, self.tokenizer = load_policy(model_path, model_cfg.finetune, model_cfg.lora, model_cfg.dtype,
+                                                 gradient_checkpointing=model_cfg.gradient_checkpointing)
+        if not is_lora(self.model) and self.algo.kl_coef > 0:
+            raise ValueError("model.finetune=full with algo.kl_coef > 0 needs a separate reference model; "
+                             "use qlora/lora (reference = adapter off) or set algo.kl_coef=0")
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        steps = total_steps if total_steps is not None else train_cfg.steps
+        self.scheduler = make_scheduler(self.optimizer, train_cfg, steps * train_cfg.mini_batches * train_cfg.epochs)
+        self.version = 0  # adapter version of the current weights; the untrained adapter is version 0
+        self.pad_id = self.tokenizer.pad_token_id
+
+    # -- rollouts in, update out ----------------------------------------------------------------------
+    def step(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rewards: list[float],
+             group_ids: list[int], behaviour_logprobs: list[list[float]] | None = None) -> dict:
+        """Advantages, old/reference logprobs, then the minibatch updates. Returns metrics.
+
+        ``behaviour_logprobs`` (the engine's sampling logprobs) serve as pi_old when the samples came from an
+        older adapter (one-step overlap); the engine serves the learner's exact weights (dequantised base),
+        so they are the behaviour policy's logprobs to float rounding.
+        """
+        t0 = time.time()
+        ids, att, resp = build_sequences(prompt_ids, completion_ids, self.pad_id)
+        adv = compute_advantages(torch.tensor(rewards), torch.tensor(group_ids), self.algo)
+        batch = RLBatch(ids, att, resp, adv)
+        if behaviour_logprobs is not None:
+            old = torch.zeros_like(resp)
+            for i, (p, lps) in enumerate(zip(prompt_ids, behaviour_logprobs)):
+                old[i, len(p) - 1: len(p) - 1 + len(lps)] = torch.tensor(lps, dtype=old.dtype)
+            batch.old_logp = old
+        mb = self.train_cfg.micro_batch_size
+        self.model.eval()
+        if self.algo.kl_coef > 0:
+            with reference_mode(self.model):
+                batch.ref_logp = batched_logprobs(self.model, ids, att, mb)
+        # One on-policy pass needs no old logprobs (ratio = 1 with the right gradient); several
+        # minibatches or epochs need pi_old fixed before the first update.
+        if batch.old_logp is None and (self.train_cfg.mini_batches > 1 or self.train_cfg.epochs > 1):
+            batch.old_logp = batched_logprobs(self.model, ids, att, mb)
+        t_logp = time.time() - t0
+        metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg, self.params)
+        self.version += 1
+        metrics.update(time_logprobs=t_logp, time_update=time.time() - t0 - t_logp, version=self.version)
+        return metrics
+
+    def probe_logprobs(self, token_ids: list[list[int]]) -> dict:
+        """Token logprobs of fixed sequences under the current weights (the learner side of the sync check)."""
+        ids, att, _ = build_sequences(token_ids, [[] for _ in token_ids], self.pad_id)
+        self.model.eval()
+        lp = batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size)
+        return {"version": self.version, "logprobs": [lp[i, : len(t) - 1].tolist() for i, t in enumerate(token_ids)]}
+
+    # -- weights out ----------------------------------------------------------------------------------
+    def export_adapter(self, out_dir: str) -> dict:
+        path = save_adapter(self.model, Path(out_dir) / f"v{self.version:06d}")
+        return {"path": str(path), "version": self.version}
+
+    def export_engine_base(self, out_dir: str) -> str:
+        return str(export_engine_base(self.model_path, self.model, out_dir))
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save_state(self, out_dir: str) -> None:
+        out = Path(out_dir)
+        save_adapter(self.model, out / "adapter")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "version": self.version, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                    "np_rng": np.random.get_state()}, out / "learner_state.pt")
+
+    def load_state(self, ckpt_dir: str) -> int:
+        from safetensors.torch import load_file
+
+        ckpt = Path(ckpt_dir)
+        saved = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(self.model, saved)
+        if getattr(res, "unexpected_keys", None):
+            raise RuntimeError(f"checkpoint adapter has keys this model lacks: {res.unexpected_keys[:3]}")
+        st = torch.load(ckpt / "learner_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.version = st["version"]
+        torch.set_rng_state(st["torch_rng"])
+        random.setstate(st["py_rng"])
+        np.random.set_state(st["np_rng"])
+        return self.version
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+LearnerActor = ray.remote(LearnerWorker)

@@ -1,0 +1,206 @@
+"""Preference optimisation with the DPO family (DPO, IPO, hinge, conservative DPO) on a Ray learner.
+
+    python pipelines/dpo.py config=tiny-cpu run_name=dpo dpo.loss=sigmoid train.steps=60
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/dpo.py run_name=dpo
+
+Reads top to bottom: config -> pairs (read, clean, dedup, split; or sampled from the policy and scored) ->
+placement group -> learner actor -> reference log-probs -> loop (train step, held-out eval, checkpoint) ->
+adapter + summary.json in runs/<run_name>/.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json  # noqa: E402
+
+
+def scored_rollout_pairs(cfg, model_path: str, plan, pg):
+    """Pairs from the starting policy's own samples: rollout.n_samples completions per prompt of data.train, scored
+    by reward.scorers (a weighted sum), best vs worst (online / iterative DPO style)."""
+    import ray
+
+    from actors.rollout import RolloutActor
+    from cluster import actor_options
+    from datapipe.preference import pairs_from_groups, render_prompt, score_groups
+    from learners.models import load_tokenizer
+    from rewards.base import Item
+    from rewards.registry import make_scorer
+    from tasks.prompts import load_prompts
+
+    tok = load_tokenizer(model_path)
+    prompts = load_prompts(cfg.data.train, cfg.data.prompt_field, cfg.data.answer_field,
+                           n_builtin=cfg.dpo.rollout_prompts, seed=cfg.seed)[:cfg.dpo.rollout_prompts]
+    engine = RolloutActor.options(**actor_options(plan, pg, "rollout", 0)).remote(
+        model_path, cfg.rollout, max_lora_rank=cfg.model.lora.r, enable_lora=bool(cfg.dpo.sft_adapter))
+    try:
+        if cfg.dpo.sft_adapter:
+            ray.get(engine.load_adapter.remote(cfg.dpo.sft_adapter, 0))
+        texts = [render_prompt(tok, p["prompt"]) for p in prompts]
+        out = ray.get(engine.generate.remote(texts, n=cfg.rollout.n_samples, seed=cfg.seed))
+    finally:
+        ray.get(engine.shutdown.remote())
+        ray.kill(engine)
+    scorers = {name: (make_scorer(name), w) for name, w in cfg.reward.scorers.items()}
+
+    def score_fn(ps, cs, refs):
+        items = [Item(prompt=p, completion=c, reference=r) for p, c, r in zip(ps, cs, refs)]
+        total = [0.0] * len(items)
+        for scorer, w in scorers.values():
+            for i, res in enumerate(scorer.score(items)):
+                total[i] = None if total[i] is None or res.score is None else total[i] + w * res.score
+        return total
+
+    groups = [{"prompt": t, "completions": [s["text"] for s in g], "reference": p["answer"]}
+              for t, g, p in zip(texts, out["samples"], prompts)]
+    scores = score_groups(score_fn, groups)
+    pairs, report = pairs_from_groups([p["prompt"] for p in prompts], [g["completions"] for g in groups], scores,
+                                      cfg.dpo.min_gap, cfg.dpo.pair_mode)
+    report["mean_score"] = sum(s for g in scores for s in g if s is not None) / max(1, sum(len(g) for g in scores))
+    return pairs, report
+
+
+def main(argv: list[str]) -> dict:
+    import ray
+
+    import config
+    from actors.preference_worker import DPOActor
+    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from datapipe.preference import batch_indices, clean_pairs, dedup_pairs, prepare_rows, split_heldout
+    from runlog import RunLog, latest_checkpoint, save_checkpoint
+    from runlog.checkpoints import read_meta
+    from tinymodels import ensure_tiny_model
+
+    # 1. Config and the starting model.
+    cfg = config.load(config.Config, "tiny-cpu", argv)
+    d, steps = cfg.dpo, cfg.train.steps
+    run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))
+    if d.sft_adapter and not Path(d.sft_adapter, "adapter_config.json").exists():
+        raise config.ConfigError(f"dpo.sft_adapter: no PEFT adapter at {d.sft_adapter} (adapter_config.json missing); "
+                                 "give the adapter folder written by pipelines/sft.py, or leave it empty")
+
+    # 2. Cluster: the learner (and, for pairs sampled from the policy, a rollout engine) in one placement group.
+    connect(cfg.cluster)
+    roles = ("rollout", "learner") if d.train == "rollouts" else ("learner",)
+    plan = plan_resources(cfg.cluster, roles)
+    pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
+
+    # 3. Pairs.
+    t0 = time.time()
+    if d.train == "rollouts":
+        pairs, data_report = scored_rollout_pairs(cfg, model_path, plan, pg)
+        pairs, rep = clean_pairs(pairs, d.max_chars or None)
+        data_report["clean"] = rep
+        pairs, rep = dedup_pairs(pairs, d.near_dedup)
+        data_report["dedup"] = rep
+        train, heldout = split_heldout(pairs, d.heldout_fraction, cfg.seed)
+        if not train or not heldout:
+            raise ValueError(f"sampling gave only {len(pairs)} usable pairs ({data_report['dropped']}); raise "
+                             "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
+    else:
+        train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction, d.builtin_prompts,
+                                                   cfg.seed, d.pair_mode, d.min_gap, d.near_dedup, d.max_chars)
+    data_s = time.time() - t0
+
+    # 4. The learner actor.
+    learner = DPOActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
+    ckpt_root = run_dir / "checkpoints"
+    ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
+    start = 0
+    if ckpt is not None:
+        ray.get(learner.load_state.remote(str(ckpt)))
+        start = read_meta(ckpt)["step"]
+
+    # 5. Reference log-probs: the reference never changes, so one pass serves the whole run (kept with checkpoints
+    #    so a resumed run does not recompute them from a moved adapter).
+    t0 = time.time()
+    refs = {"train": None, "heldout": None}
+    if d.reference == "precomputed":
+        if ckpt is not None and (ckpt / "ref_logps.json").exists():
+            refs = json.loads((ckpt / "ref_logps.json").read_text())
+        else:
+            refs = {"train": ray.get(learner.reference_logps.remote(train)),
+                    "heldout": ray.get(learner.reference_logps.remote(heldout))}
+    ref_s = time.time() - t0
+
+    # 6. Loop: train step, held-out eval, checkpoint.
+    # Rows up to the checkpoint's step stay (a training row is logged as step + 1, after its update).
+    log = RunLog(run_dir, cfg.tensorboard, start + 1 if start else 0, config=config.to_dict(cfg))
+    evals: dict[int, dict] = {}
+
+    def evaluate(step: int) -> dict:
+        m = ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
+        evals[step] = m
+        log.log(step, {f"heldout/{k}": v for k, v in m.items()})
+        return m
+
+    if start:  # resumed: "before" is the original run's step-0 evaluation, already in metrics.jsonl
+        row0 = next((x for x in log.read() if x["step"] == 0 and any(k.startswith("heldout/") for k in x)), {})
+        first = {k.removeprefix("heldout/"): v for k, v in row0.items() if k.startswith("heldout/")}
+        first = first or ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
+    else:
+        first = evaluate(0)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="dpo", unit="step")
+    train_s = 0.0
+    for step in range(start, steps):
+        idx = batch_indices(len(train), d.batch_size, step, cfg.seed)
+        batch = [train[i] for i in idx]
+        batch_refs = [refs["train"][i] for i in idx] if refs["train"] is not None else None
+        t0 = time.time()
+        m = ray.get(learner.train_step.remote(batch, batch_refs))
+        dt = time.time() - t0
+        train_s += dt
+        log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt, "perf/pairs_per_s": len(batch) / dt})
+        if (step + 1) % d.eval_every == 0 or step + 1 == steps:
+            evaluate(step + 1)
+        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
+            def write(tmp: Path) -> None:
+                ray.get(learner.save_state.remote(str(tmp)))
+                if refs["train"] is not None:
+                    (tmp / "ref_logps.json").write_text(json.dumps(refs))
+            save_checkpoint(ckpt_root, step + 1, write, {"run_name": cfg.run_name}, cfg.checkpoint.keep)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}")
+    if bar is not None:
+        bar.close()
+    last = evals[max(evals)] if evals else first
+
+    # 7. Report: the adapter (what RL and vLLM load), curves, summary.json.
+    adapter = ray.get(learner.save_adapter.remote(str(run_dir / "adapter")))
+    log.plot(["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"],
+             "dpo.png", f"DPO ({d.loss}, beta={d.beta})")
+    summary = {
+        "stage": "dpo", "loss": d.loss, "beta": d.beta, "reference": d.reference, "steps": steps,
+        "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout), "adapter": adapter,
+        "heldout_before": first, "heldout_after": last,
+        "heldout_accuracy_before": first["rewards/accuracies"], "heldout_accuracy_after": last["rewards/accuracies"],
+        "heldout_logp_accuracy_before": first["logps/accuracy"], "heldout_logp_accuracy_after": last["logps/accuracy"],
+        "heldout_margin_before": first["rewards/margins"], "heldout_margin_after": last["rewards/margins"],
+        "data": data_report, "seconds": {"data": data_s, "reference": ref_s, "train": train_s},
+    }
+    log.summary(summary)
+    log.close()
+    ray.util.remove_placement_group(pg)
+    ray.kill(learner)
+    return summary
+
+
+if __name__ == "__main__":
+    import ray
+
+    try:
+        s = main(sys.argv[1:])
+        print(json.dumps({k: s[k] for k in ("heldout_accuracy_before", "heldout_accuracy_after",
+                                            "heldout_logp_accuracy_before", "heldout_logp_accuracy_after",
+                                            "heldout_margin_before", "heldout_margin_after", "adapter")}, indent=2))
+    finally:
+        ray.shutdown()

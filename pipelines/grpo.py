@@ -1,0 +1,212 @@
+"""GRPO on Ray, read top to bottom: plan -> actors -> (generate -> score -> update -> sync) x steps -> report.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/grpo.py run_name=demo
+    python pipelines/grpo.py config=tiny-cpu train.steps=10          # local mode, same code
+
+Config: config/tiny-cpu.yaml (default), any key overridable as key.sub=value (see config/schema.py).
+Output: runs/<run_name>/ with metrics.jsonl, TensorBoard events (tb/), reward_curve.png, summary.json,
+checkpoints/ (resume=true continues from the last complete one).
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+
+from actors.learner import LearnerActor  # noqa: E402
+from actors.reward import RewardActor  # noqa: E402
+from actors.rollout import RolloutActor  # noqa: E402
+from actors.sync import verify_sync  # noqa: E402
+from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
+from config import Config, load, to_dict  # noqa: E402
+from learners.models import load_tokenizer  # noqa: E402
+from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
+from runlog.checkpoints import read_meta  # noqa: E402
+from tasks.prompts import load_prompts  # noqa: E402
+
+
+def prepare_model(cfg: Config) -> str:
+    """The base to train: a given path, or a tiny model built here (plus the built-in task's warm start)."""
+    if cfg.model.path:
+        return cfg.model.path
+    from tinymodels import ensure_tiny_model
+
+    path = ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
+    if cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
+        from tasks.arithmetic import make_rows, solution
+        from tasks.warm_start import warm_start
+
+        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.seed + 1000), solution,
+                          cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
+    return str(path)
+
+
+def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
+    texts = [r["prompt"] if isinstance(r["prompt"], str) else
+             tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    return [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def heldout_reward(rollout, reward, prompt_ids, rows, max_tokens) -> float:
+    """Mean reward of greedy answers to the held-out prompts under the engine's current adapter."""
+    gen = ray.get(rollout.generate.remote(prompt_ids, n=1, max_tokens=max_tokens, temperature=0.0))
+    texts = [g[0]["text"] for g in gen["samples"]]
+    sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows], texts, [r["answer"] for r in rows]))
+    return sum(sc["rewards"]) / len(sc["rewards"])
+
+
+def sync_adapter(rollout, learner, adapters_dir, probe_ids, tol) -> dict:
+    """Export the learner's adapter, hot-load it into the engine, and prove the engine serves it."""
+    t0 = time.time()
+    exp = ray.get(learner.export_adapter.remote(str(adapters_dir)))
+    ray.get(rollout.load_adapter.remote(exp["path"], exp["version"]))
+    out = verify_sync(rollout, learner, probe_ids, exp["version"], tol)
+    return {**out, "time/sync": time.time() - t0, "adapter_version": exp["version"]}
+
+
+def main(argv: list[str]) -> dict:
+    cfg = load(Config, "tiny-cpu", argv)
+    run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data: training prompts in a seeded order; held-out prompts for the before/after score.
+    train_rows = load_prompts(cfg.data.train, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.builtin_size, cfg.seed)
+    held_spec = cfg.data.heldout or cfg.data.train
+    heldout_rows = load_prompts(held_spec, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.builtin_size,
+                                cfg.seed, heldout=True)[: cfg.train.heldout_prompts]
+    model_path = prepare_model(cfg)
+    tok = load_tokenizer(model_path)
+    order = list(range(len(train_rows)))
+    random.Random(cfg.seed).shuffle(order)
+    heldout_ids = encode_prompts(tok, heldout_rows)
+    probe_ids = [p + tok(f' {{"answer": {r["answer"]}}}', add_special_tokens=False).input_ids
+                 for p, r in zip(heldout_ids[:4], heldout_rows[:4])]
+
+    # Cluster: one plan for CPU, one GPU or many; the actors land in the placement group's bundles.
+    connect(cfg.cluster)
+    plan = plan_resources(cfg.cluster)
+    pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
+    learner = LearnerActor.options(**actor_options(plan, pg, "learner")).remote(
+        model_path, cfg.model, cfg.algo, cfg.train, cfg.seed, num_threads=max(1, int(plan.of("learner")[0].num_cpus * 2)))
+    reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
+    engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
+    rollout = RolloutActor.options(**actor_options(plan, pg, "rollout")).remote(
+        engine_base, cfg.rollout, max_lora_rank=cfg.model.lora.r, dtype=cfg.model.dtype, device=cfg.cluster.device)
+
+    # Resume from the last complete checkpoint, if asked and present.
+    start = 0
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if ckpt is not None:
+        ray.get(learner.load_state.remote(str(ckpt)))
+        start = read_meta(ckpt)["step"]
+        print(f"[grpo] resumed from {ckpt} at step {start}", flush=True)
+    log = RunLog(run_dir, cfg.tensorboard, start_step=start, config=to_dict(cfg))
+
+    sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+    held_start = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    if ckpt is not None:
+        held_start = read_meta(ckpt).get("heldout_reward_start", held_start)
+    print(f"[grpo] {plan.describe()}; held-out reward at start {held_start:.3f}", flush=True)
+
+    P, n = cfg.train.prompts_per_step, cfg.rollout.n_samples
+    colocate_sleep = cfg.cluster.mode == "colocate" and cfg.rollout.sleep_between_phases
+
+    def batch_rows(step: int) -> list[dict]:
+        return [train_rows[order[(step * P + i) % len(order)]] for i in range(P)]
+
+    def launch_generate(step: int):
+        rows = batch_rows(step)
+        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=cfg.seed * 100003 + step)
+
+    bar = _progress(cfg, start)
+    pending = launch_generate(start) if start < cfg.train.steps else None
+    for step in range(start, cfg.train.steps):
+        t_step = time.time()
+        # 1. generate: n samples per prompt (in overlap mode, already launched during the last update)
+        rows, gen_ref = pending
+        gen = ray.get(gen_ref)
+        t_gen = time.time() - t_step
+        samples = [s for group in gen["samples"] for s in group]
+        prompt_ids = [p for p in gen["prompt_token_ids"] for _ in range(n)]
+        completions = [s["text"] for s in samples]
+        overlap = cfg.train.one_step_overlap and step + 1 < cfg.train.steps
+        if overlap:  # generate batch t+1 with adapter t while the learner updates on batch t
+            pending = launch_generate(step + 1)
+        elif colocate_sleep:
+            rollout.sleep.remote()
+
+        # 2. score: per item a reward and a status; failures cost their items, not the step
+        t0 = time.time()
+        sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], completions,
+                                         [r["answer"] for r in rows for _ in range(n)]))
+        t_score = time.time() - t0
+
+        # 3. update: reference/old logprobs, group-relative advantages, clipped objective + KL
+        stats = ray.get(learner.step.remote(
+            prompt_ids, [s["token_ids"] for s in samples], sc["rewards"], [i // n for i in range(len(samples))],
+            behaviour_logprobs=[s["logprobs"] for s in samples] if cfg.train.one_step_overlap else None))
+
+        # 4. sync: move only the adapter, and check that the engine now serves it
+        sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+        if not overlap and step + 1 < cfg.train.steps:
+            pending = launch_generate(step + 1)
+
+        rewards = sc["rewards"]
+        mean_r = sum(rewards) / len(rewards)
+        lengths = [len(s["token_ids"]) for s in samples]
+        row = {
+            "reward/mean": mean_r,
+            "reward/std": (sum((r - mean_r) ** 2 for r in rewards) / len(rewards)) ** 0.5,
+            **{f"reward/{k}": v for k, v in sc["per_scorer"].items()},
+            "reward/failed_items": sc["failed"],
+            "actor/kl": stats.get("kl", 0.0), "actor/clipfrac": stats.get("clipfrac", 0.0),
+            "actor/entropy": stats.get("entropy", 0.0), "actor/pg_loss": stats.get("pg_loss", 0.0),
+            "actor/approx_kl": stats.get("approx_kl", 0.0), "actor/grad_norm": stats.get("grad_norm", 0.0),
+            "actor/lr": stats.get("lr", 0.0),
+            "response/length_mean": sum(lengths) / len(lengths),
+            "response/clipped_frac": sum(s["finish_reason"] == "length" for s in samples) / len(samples),
+            "perf/tokens_per_s": gen["tokens"] / max(gen["seconds"], 1e-9),
+            "time/generate": t_gen, "time/score": t_score, "time/logprobs": stats["time_logprobs"],
+            "time/update": stats["time_update"], "time/sync": sync["time/sync"], "time/step": time.time() - t_step,
+            "sync/gap_mean": sync["sync_gap_mean"], "adapter_version": sync["adapter_version"],
+            "rollout/adapter_version": gen["adapter_version"],
+        }
+        log.log(step, row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{mean_r:.3f}", kl=f"{row['actor/kl']:.4f}")
+
+        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < cfg.train.steps:
+            save_checkpoint(run_dir / "checkpoints", step + 1, lambda d: ray.get(learner.save_state.remote(str(d))),
+                            {"data_pos": (step + 1) * P, "heldout_reward_start": held_start}, cfg.checkpoint.keep)
+    bar.close()
+
+    held_end = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    save_checkpoint(run_dir / "checkpoints", cfg.train.steps, lambda d: ray.get(learner.save_state.remote(str(d))),
+                    {"data_pos": cfg.train.steps * P, "heldout_reward_start": held_start}, cfg.checkpoint.keep)
+    rows_logged = log.read()
+    summary = {"run_name": cfg.run_name, "algo": cfg.algo.name, "steps": cfg.train.steps, "model": model_path,
+               "heldout_reward_start": held_start, "heldout_reward_end": held_end,
+               "train_reward_first": rows_logged[0]["reward/mean"] if rows_logged else None,
+               "train_reward_last": rows_logged[-1]["reward/mean"] if rows_logged else None,
+               "mean_step_s": sum(r["time/step"] for r in rows_logged) / max(1, len(rows_logged)),
+               "final_adapter": str(run_dir / "adapters" / f"v{sync['adapter_version']:06d}")}
+    log.summary(summary)
+    log.plot(["reward/mean", "actor/kl", "response/length_mean"], "reward_curve.png", f"GRPO {cfg.run_name}")
+    log.close()
+    print(f"[grpo] held-out reward {held_start:.3f} -> {held_end:.3f}; results in {run_dir}", flush=True)
+    return summary
+
+
+def _progress(cfg: Config, start: int):
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=start, desc="grpo", disable=not cfg.progress, mininterval=1.0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
