@@ -273,21 +273,30 @@ def arithmetic_rated_samples(n_prompts: int, seed: int = 0, heldout: bool = Fals
     return out
 
 
-def arithmetic_steps(n: int, seed: int = 0, heldout: bool = False, n_terms: int = 4) -> list[Row]:
-    """Step-labelled solutions of running sums for a process RM: ``a+b+c+d`` solved as ``a+b=s1``,
-    ``s1+c=s2``, ...; in half of them one step carries a wrong result (label false) and the solution stops there,
-    as PRM800K's labels stop at the first error (Lightman et al. 2023). The steps before it are labelled true."""
+def arithmetic_steps(n: int, seed: int = 0, heldout: bool = False, n_terms: int = 4,
+                     errors: tuple[str, ...] = ("carry", "sum")) -> list[Row]:
+    """Step-labelled solutions of running sums for a process RM: ``a+b+c+d`` solved as ``a+b=s1``, ``s1+c=s2``, ...
+
+    In half of them one step is wrong and the solution stops there, as PRM800K's labels stop at the first error
+    (Lightman et al. 2023); the steps before it are labelled true. A wrong step either carries a wrong running
+    total into its left operand (``carry``: the step's own sum is right, but it does not continue the previous
+    step) or gets its sum wrong (``sum``). Only the step itself and the ones before it tell the two apart, so a
+    step score must look back along the solution."""
     rng = random.Random(seed * 11 + 5 + int(heldout))
     rows = []
     for i in range(n):
         terms = [rng.randint(0, 9) for _ in range(n_terms)]
         bad = rng.randrange(n_terms - 1) if rng.random() < 0.5 else None
+        kind = rng.choice(errors)
         total, steps, labels = terms[0], [], []
         for k, t in enumerate(terms[1:]):
-            result = total + t
-            if k == bad:
+            left = total
+            if k == bad and kind == "carry":
+                left = total + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if total + d >= 0])
+            result = left + t
+            if k == bad and kind == "sum":
                 result += rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if result + d >= 0])
-            steps.append(f"{total}+{t}={result}")
+            steps.append(f"{left}+{t}={result}")
             labels.append(k != bad)
             if k == bad:
                 break
@@ -499,14 +508,17 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return out
 
 
-def _read(spec: str) -> list:
+def _read(spec: str) -> tuple[list, dict]:
+    """Rows of a file/folder/dataset; lines that are not JSON objects are counted and named, not fatal."""
     from datapipe.io import read_rows
 
     errors: list = []
     rows = read_rows(spec, errors=errors)
     if errors and not rows:
         raise ValueError(f"{spec}: no readable rows; first problem: {errors[0]}")
-    return rows
+    return rows, {"in": len(rows) + len(errors), "kept": len(rows),
+                  "dropped": {"unreadable_row": len(errors)} if errors else {},
+                  "examples": {"unreadable_row": [str(e) for e in errors[:3]]} if errors else {}}
 
 
 def _merge(report: dict, stage: str, rep: dict) -> None:
@@ -535,7 +547,8 @@ def prepare_rows(spec: str, kind: str = "pairs", heldout_spec: str = "", heldout
                      "steps": "builtin:arithmetic_steps"}.get(kind, "none")
             raise ValueError(f"no built-in {kind} data called {src!r}; built-in {kind} data: {known}")
         else:
-            raw = _read(src)
+            raw, rep = _read(src)
+            _merge(report, "read", rep)
         if kind == "outcome":  # an outcome RM learns from pairs (Bradley-Terry) or from labelled completions
             head = [r for r in raw[:50] if isinstance(r, dict)]
             kind = "labels" if head and all("label" in r and "chosen" not in r for r in head) else "pairs"
