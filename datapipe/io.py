@@ -57,13 +57,11 @@ def _iter_rows(src: Any, errors: list[RowError] | None) -> Iterable[Row]:
             if row is not None:
                 yield row
         return
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
-    if datasets is not None and isinstance(src, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+    import datasets
+
+    if isinstance(src, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise ValueError(f"got a DatasetDict with splits {list(src)}; pass one split, e.g. ds['train']")
-    if datasets is not None and isinstance(src, (datasets.Dataset, datasets.IterableDataset)):
+    if isinstance(src, (datasets.Dataset, datasets.IterableDataset)):
         name = (getattr(src, "info", None) and src.info.dataset_name) or "dataset"
         for i, r in enumerate(src):
             yield Row(r, name, i)
