@@ -20,7 +20,7 @@ import torch
 
 from config.evaluation import EvalConfig
 from evalpanel import metrics
-from evalpanel.suites import Suite, load_suite, prompt_of, reference_answer
+from evalpanel.suites import Suite, load_suites, prompt_of, reference_answer
 from learners.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,17 @@ def serve(engine, adapter_path: str | os.PathLike | None) -> int:
     return _call(engine, "load_adapter", str(adapter_path), adapter_version(adapter_path))
 
 
-def make_engine(model_path: str | os.PathLike, cfg: EvalConfig):
-    """A vLLM engine for evaluation on this machine (CPU settings from RolloutConfig's defaults)."""
+def make_engine(model_path: str | os.PathLike, cfg: EvalConfig, rollout=None):
+    """An in-process vLLM engine for evaluation (``rollout``: a config.RolloutConfig for its context length and
+    memory; RolloutConfig's defaults when None)."""
+    import dataclasses
+
     from actors.rollout import RolloutEngine
     from config.schema import RolloutConfig
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    rc = RolloutConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, sleep_between_phases=False)
+    rc = dataclasses.replace(rollout or RolloutConfig(), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                             sleep_between_phases=False)
     return RolloutEngine(model_path, rc, max_lora_rank=cfg.max_lora_rank, device=device)
 
 
@@ -89,7 +93,7 @@ def run_panel(model_path: str | os.PathLike, adapter_path: str | os.PathLike | N
     "seconds", "direction"}`` (``direction``: +1 where higher is better, for the report).
     """
     cfg = cfg or EvalConfig()
-    loaded = [s if isinstance(s, Suite) else load_suite(s, cfg.limit) for s in (suites or cfg.suites)]
+    loaded = load_suites(suites or cfg.suites, cfg.limit)
     res = {"name": name or (Path(adapter_path).name if adapter_path else "base"), "model": str(model_path),
            "adapter": str(adapter_path) if adapter_path else None, "metrics": {}, "stderr": {}, "n": {},
            "samples": {}, "answers": {}, "notes": {}, "seconds": {}, "direction": {}}

@@ -112,6 +112,18 @@ def load_suite(ref: str, limit: int = 0) -> Suite:
     return Suite(name=name, spec=spec, rows=rows, source=source)
 
 
+def load_suites(refs: list, limit: int = 0) -> list[Suite]:
+    """Every suite of ``refs`` (references or already loaded Suites); two suites may not share a name, since
+    metrics are named ``<suite>/<metric>``."""
+    suites = [r if isinstance(r, Suite) else load_suite(r, limit) for r in refs]
+    names = [s.name for s in suites]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"eval.suites: more than one suite is named {dup}; metrics are named <suite>/<metric>, "
+                          "so rename a card or a data file")
+    return suites
+
+
 def _card_path(ref: str) -> Path:
     p = Path(ref)
     if p.suffix in (".yaml", ".yml"):

@@ -84,14 +84,14 @@ def main(argv: list[str]) -> dict:
     from evalpanel import run_panel, write_table
     from evalpanel.panel import make_judge
     from evalpanel.report import comparison, markdown
-    from evalpanel.suites import load_suite
+    from evalpanel.suites import load_suites
     from runlog import RunLog
     from tinymodels import ensure_tiny_model
 
     cfg = load(Config, "tiny-cpu", argv)
     base = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
     checkpoints = parse_checkpoints(cfg.eval.checkpoints, base)
-    suites = [load_suite(s, cfg.eval.limit) for s in cfg.eval.suites]  # bad suites fail here, before any engine starts
+    suites = load_suites(cfg.eval.suites, cfg.eval.limit)  # bad suites fail here, before any engine starts
     run_dir = Path(cfg.runs_dir) / cfg.run_name
     runlog = RunLog(run_dir, tensorboard=cfg.tensorboard, config=to_dict(cfg))
     print(f"evaluating {[c[0] for c in checkpoints]} on {[s.name for s in suites]} -> {run_dir}", flush=True)
@@ -111,7 +111,8 @@ def main(argv: list[str]) -> dict:
                 results[name] = r
                 baseline = baseline or r
                 runlog.log(i, {"checkpoint": name, **r["metrics"]})
-                print(f"[{name}] " + ", ".join(f"{k}={v:.3f}" for k, v in r["metrics"].items()), flush=True)
+                print(f"[{name}] {sum(r['seconds'].values()):.1f} s: "
+                      + ", ".join(f"{k}={v:.3f}" for k, v in r["metrics"].items()), flush=True)
         finally:
             if engine is not None:
                 stop_engine(engine, pg)

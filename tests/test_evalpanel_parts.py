@@ -11,7 +11,7 @@ from evalpanel.judges import ModelJudge, RewardModelJudge
 from evalpanel.likelihood import heldout_logprobs, load_scoring_model, scored_tokens
 from evalpanel.metrics import perplexity, position_consistency, win_rate
 from evalpanel.report import write_table
-from evalpanel.suites import builtin_suites, load_suite
+from evalpanel.suites import builtin_suites, load_suite, load_suites
 
 ROWS = [
     {"text": "The quick brown fox jumps over the lazy dog."},
@@ -96,6 +96,10 @@ def test_builtin_suites_load_and_rows_are_checked(tmp_path):
         load_suite(f"perplexity:{data}")
     data.write_text(json.dumps({"text": "hello world"}) + "\n")
     assert load_suite(f"perplexity:{data}").rows == [{"text": "hello world"}]
+    clash = tmp_path / "heldout.jsonl"  # would report as heldout/perplexity, like the built-in
+    clash.write_text(data.read_text())
+    with pytest.raises(ConfigError, match=r"more than one suite is named \['heldout'\]"):
+        load_suites(["heldout", f"perplexity:{clash}"])
 
     card = tmp_path / "qa.yaml"
     card.write_text("kind: generate\ndata: qa.jsonl\nscorers: {exact: {scorer: exact_answer, reference: answer}}\n")
