@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         log.log(ep + 1, {f"cliff/{m}_return": float(mean_returns[m][ep]) for m in runs})
     paths = {m: most_likely_path(cliff, greedy_policy(runs[m][0].Q)) for m in runs}
     for m in runs:
-        # how close the path comes to the cliff row (3) over the cliff's columns 1..10
-        rows = [r for r, c in map(cliff.cell, paths[m]) if 1 <= c <= 10]
+        # how close the path comes to the cliff row (3) over the middle of the cliff, columns 2..9
+        rows = [r for r, c in map(cliff.cell, paths[m]) if 2 <= c <= 9]
         summary[f"cliff/{m}_path_steps"] = len(paths[m]) - 1
         summary[f"cliff/{m}_path_rows_from_cliff"] = int(3 - max(rows)) if rows else 0
         summary[f"cliff/{m}_online_return_last100"] = float(mean_returns[m][-100:].mean())
