@@ -113,7 +113,7 @@ def from_gymnasium(env_id: str, **kwargs) -> MDP:
     env = gym.make(env_id, **kwargs).unwrapped
     if not hasattr(env, "P"):
         raise ValueError(f"{env_id} has no transition table `P`: only gymnasium's toy-text models "
-                         "(FrozenLake-v1, CliffWalking-v1, Taxi-v3) can be read as tabular MDPs")
+                         "(FrozenLake-v1, CliffWalking-v1, Taxi-v4) can be read as tabular MDPs")
     S, A = env.observation_space.n, env.action_space.n
     K = max(len(env.P[s][a]) for s in range(S) for a in range(A))
     prob = torch.zeros(S, A, K, dtype=torch.float64)

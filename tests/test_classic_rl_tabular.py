@@ -103,6 +103,8 @@ def test_mdp_readers_and_their_errors():
         gridworld(["S.", "xG"])
     with pytest.raises(ValueError, match="exactly one start"):
         gridworld(["..", ".G"])
+    taxi = from_gymnasium("Taxi-v4")
+    assert (taxi.n_states, taxi.n_actions, taxi.grid) == (500, 6, None)  # a table without a grid to draw
     with pytest.raises(ValueError, match="no transition table"):
         from_gymnasium("CartPole-v1")
     with pytest.raises(RuntimeError, match="did not converge"):
