@@ -26,6 +26,20 @@ def _token_available(env_name: str) -> bool:
                 or (Path.home() / ".ray" / "auth_token").exists())
 
 
+def start_local(attempts: int = 3, **kwargs):
+    """``ray.init(address="local")``, retried: Ray gives a new node a fixed 30 s to register, which a
+    heavily loaded small machine can miss; a second try on the warmed-up machine succeeds."""
+    import ray
+
+    for i in range(attempts):
+        try:
+            return ray.init(address="local", **kwargs)
+        except Exception as e:  # Ray raises a bare Exception for this timeout
+            if "timed out during startup" not in str(e) or i == attempts - 1:
+                raise
+            ray.shutdown()
+
+
 def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
     """``ray.init`` for ``cfg.address``; returns Ray's context. Idempotent within a process.
 
@@ -42,9 +56,10 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
     address = cfg.address
     kwargs: dict = {"runtime_env": runtime_env, "logging_level": "WARNING", "log_to_driver": True}
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
         if cfg.device == "cpu":
             kwargs["num_gpus"] = 0
+        return start_local(**kwargs)
     else:
         if address == "local":
             address = os.environ["RAY_ADDRESS"]

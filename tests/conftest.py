@@ -36,7 +36,9 @@ def ray_local():
     """A real local Ray cluster with 2 CPUs, shared by the session's tests."""
     import ray
 
+    from cluster.connect import start_local
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
+        start_local(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
