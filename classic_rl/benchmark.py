@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from classic_rl import a2c, dqn, ppo, reinforce
+from classic_rl.gridplots import smooth
 
 SCRIPTS = {"ppo": ppo, "dqn": dqn, "a2c": a2c, "reinforce": reinforce}
 # PPO and DQN get CleanRL's budget so the numbers compare; REINFORCE and A2C have no CleanRL script.
@@ -38,13 +39,11 @@ def run_all(algos: list[str], seeds: list[int], out: Path, steps: dict[str, int]
 
 
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
-    """charts/episodic_return of one run, averaged per window of 20 rows, on the step grid."""
+    """charts/episodic_return of one run, a trailing mean over 20 rows, on the step grid."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     pts = [(r["step"], r["charts/episodic_return"]) for r in rows if r.get("charts/episodic_return") is not None]
     steps, rets = np.array(pts, dtype=float).T
-    k = max(1, min(20, len(rets) // 20))
-    rets = np.convolve(rets, np.ones(k) / k, mode="same")
-    return np.interp(grid, steps, rets)
+    return np.interp(grid, steps, smooth(rets, 20))
 
 
 def report(algos: list[str], seeds: list[int], out: Path, steps: dict[str, int]) -> dict:
