@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from config.continual import ContinualConfig
 from config.evaluation import EvalConfig
 from config.loader import check
 from config.preference import DPOConfig, RMConfig
@@ -261,3 +262,4 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
