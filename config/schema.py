@@ -149,28 +149,86 @@ class RewardConfig:
 
 @dataclass
 class AlgoConfig:
+    """The RL algorithm: a name picks the defaults (learners/algorithms.py), every empty key below falls back to
+    them, any key set here wins. One page per algorithm in docs/algorithms/."""
+
     name: str = "grpo"
-    """grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp | ppo."""
+    """grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp | reinforce_pp_baseline (pipelines/grpo.py), ppo (pipelines/ppo.py)."""
     adv_estimator: str = ""
-    """Advantage estimator by name (empty = the algorithm's default)."""
+    """grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae (empty = the algorithm's default)."""
     policy_loss: str = ""
-    """Policy loss by name (empty = the algorithm's default)."""
+    """ppo_clip (token ratio) | gspo (sequence ratio) (empty = the algorithm's default)."""
     loss_agg: str = ""
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (empty = the algorithm's default)."""
-    clip_low: float = 0.2
-    """PPO clip epsilon below 1."""
-    clip_high: float = 0.2
-    """PPO clip epsilon above 1 (DAPO's clip-higher uses a larger value)."""
+    norm_len: int = 0
+    """The constant L of seq-mean-token-sum-norm (Dr.GRPO); 0 = rollout.max_new_tokens."""
+    clip_low: Optional[float] = None
+    """PPO clip epsilon below 1 (empty = the algorithm's default: 0.2; GSPO 3e-4)."""
+    clip_high: Optional[float] = None
+    """PPO clip epsilon above 1 (empty = the algorithm's default: 0.2; DAPO's clip-higher 0.28; GSPO 4e-4)."""
     kl_coef: float = 0.04
-    """beta: weight of the KL term to the reference policy (0 disables it and skips ref logprobs)."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """KL estimator (Schulman's k1, k2, k3)."""
+    """beta: weight of the KL to the reference policy (0 disables it and skips ref logprobs); the start value
+    when kl_ctrl=adaptive."""
+    kl_estimator: Optional[Literal["k1", "k2", "k3"]] = None
+    """KL estimator (Schulman's k1, k2, k3); empty = the algorithm's default (k3 in the loss, k1 as a reward penalty)."""
+    kl_mode: Optional[Literal["loss", "reward"]] = None
+    """loss: + beta * KL in the loss (GRPO); reward: -beta * KL_t added to every token's reward before the
+    advantages (PPO-RLHF, RLOO, REINFORCE++); empty = the algorithm's default."""
+    kl_ctrl: Literal["fixed", "adaptive"] = "fixed"
+    """fixed beta, or the adaptive controller of Ziegler et al. 2019 (learners/kl_control.py)."""
+    kl_target: float = 6.0
+    """Adaptive controller: target KL per response (nats, summed over its tokens)."""
+    kl_horizon: float = 10000.0
+    """Adaptive controller: horizon in responses (larger = slower beta changes)."""
     entropy_coef: float = 0.0
     """Entropy bonus weight."""
     dual_clip: float = 0.0
     """Dual-clip constant c (> 1) for negative advantages; 0 disables."""
     norm_adv_by_std: Optional[bool] = None
     """Divide group-relative advantages by the group std (GRPO: true) or not (Dr.GRPO: false); empty = the algorithm's default."""
+    gamma: float = 1.0
+    """Discount over response tokens (GAE, REINFORCE++)."""
+    lam: float = 0.95
+    """GAE lambda (PPO)."""
+    dynamic_sampling: Optional[bool] = None
+    """DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full; empty =
+    the algorithm's default (on for dapo)."""
+    dynamic_sampling_max_rounds: int = 3
+    """Extra generate rounds per step at most when refilling the batch (then it trains on what it has)."""
+    overlong_filter: Optional[bool] = None
+    """DAPO: truncated completions (finish_reason 'length') get no loss; empty = the algorithm's default (on for dapo).
+    Soft overlong punishment is the 'overlong' scorer in reward.scorers."""
+    ptx_coef: float = 0.0
+    """PPO-ptx (InstructGPT): weight of the supervised loss on pretraining/SFT data mixed into the policy loss."""
+    ptx_data: str = ""
+    """Data for the ptx loss: a chat/prompt-completion file (datapipe formats); empty = the built-in task's reference answers."""
+    ptx_batch_size: int = 8
+    """ptx sequences per optimizer step."""
+    critic_model: str = ""
+    """PPO critic: empty = a value head on the policy's own base (4-bit under qlora) with its own LoRA; a folder
+    (e.g. a trained reward model) or preset:NAME (a tiny model) = a separate model."""
+    critic_finetune: Optional[Literal["qlora", "lora", "full"]] = None
+    """How the critic trains (empty = model.finetune)."""
+    critic_lr: float = 5e-4
+    """Critic learning rate (AdamW)."""
+    value_clip: float = 0.2
+    """PPO value clipping: V is kept within +-value_clip of the old value in the loss (0 disables)."""
+
+    def __post_init__(self):
+        for key in ("clip_low", "clip_high"):
+            v = getattr(self, key)
+            check(v is None or v >= 0, f"algo.{key}", f"must be >= 0, got {v}")
+        check(self.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.kl_coef}")
+        check(self.kl_target > 0, "algo.kl_target", f"must be > 0, got {self.kl_target}")
+        check(self.kl_horizon > 0, "algo.kl_horizon", f"must be > 0, got {self.kl_horizon}")
+        check(0 < self.gamma <= 1, "algo.gamma", f"must be in (0, 1], got {self.gamma}")
+        check(0 <= self.lam <= 1, "algo.lam", f"must be in [0, 1], got {self.lam}")
+        check(self.dynamic_sampling_max_rounds >= 0, "algo.dynamic_sampling_max_rounds", "must be >= 0")
+        check(self.ptx_coef >= 0, "algo.ptx_coef", f"must be >= 0, got {self.ptx_coef}")
+        check(self.ptx_batch_size >= 1, "algo.ptx_batch_size", "must be >= 1")
+        check(self.critic_lr > 0, "algo.critic_lr", f"must be > 0, got {self.critic_lr}")
+        check(self.value_clip >= 0, "algo.value_clip", f"must be >= 0, got {self.value_clip}")
+        check(self.norm_len >= 0, "algo.norm_len", "must be >= 0")
 
 
 @dataclass

@@ -1,14 +1,16 @@
-"""One RL optimisation step over a batch of rollouts: batch building, losses, minibatch updates.
+"""One RL optimisation step over a batch of rollouts: batch building, advantages, losses, minibatch updates.
 
-Pure torch (no Ray): the learner actor calls these; tests call them directly.
+Pure torch (no Ray): the learner actor calls these; tests call them directly. Token tensors are [B, L-1],
+aligned with ``sequence_logprobs``: column t-1 scores token t of prompt + completion.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from learners.advantages import get_adv_estimator
+from learners.advantages import get_adv_estimator, outcome_token_rewards
 from learners.logprobs import sequence_logprobs
 from learners.policy_loss import aggregate, get_policy_loss, kl_penalty, masked_mean
 
@@ -17,8 +19,8 @@ from learners.policy_loss import aggregate, get_policy_loss, kl_penalty, masked_
 class RLBatch:
     input_ids: torch.Tensor       # [B, L] prompt + completion, right-padded
     attention_mask: torch.Tensor  # [B, L]
-    response_mask: torch.Tensor   # [B, L-1]: 1 where position t-1 predicts a completion token t
-    advantages: torch.Tensor      # [B] sequence-level (broadcast over tokens)
+    response_mask: torch.Tensor   # [B, L-1]: 1 where position t-1 predicts a completion token t (the loss mask)
+    advantages: torch.Tensor      # [B, L-1] token-level (sequence-level estimators broadcast over the response)
     old_logp: torch.Tensor | None = None  # [B, L-1] under pi_old (the learner's own, before the update)
     ref_logp: torch.Tensor | None = None  # [B, L-1] under the reference policy
 
@@ -47,10 +49,37 @@ def build_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]]
     return ids, att, resp
 
 
-def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algo) -> torch.Tensor:
-    """Sequence-level advantages by the estimator ``algo.adv_estimator`` (see learners/advantages.py)."""
+def scatter_response(prompt_ids: list[list[int]], per_token: list[list[float]], like: torch.Tensor) -> torch.Tensor:
+    """Per-completion-token numbers (engine logprobs, critic values) placed at their [B, L-1] positions."""
+    out = torch.zeros_like(like, dtype=torch.float32)
+    for i, (p, xs) in enumerate(zip(prompt_ids, per_token)):
+        out[i, len(p) - 1: len(p) - 1 + len(xs)] = torch.tensor(xs, dtype=torch.float32)
+    return out
+
+
+def gather_response(x: torch.Tensor, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+    """The inverse of :func:`scatter_response`: one list per completion."""
+    return [x[i, len(p) - 1: len(p) - 1 + len(c)].tolist() for i, (p, c) in enumerate(zip(prompt_ids, completion_ids))]
+
+
+def overlong_filter(response_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """DAPO's overlong filtering (Yu et al. 2025, sec. 3.4): a completion cut off by the length limit gets no
+    loss, since its reward judges an unfinished answer. Its reward still counts in its group's statistics."""
+    return response_mask * (1.0 - truncated.to(response_mask.dtype))[:, None]
+
+
+def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids: torch.Tensor, algo,
+                       kl: torch.Tensor | None = None, kl_coef: float = 0.0, values: torch.Tensor | None = None):
+    """(advantages [B, L-1], returns [B, L-1] or None) by ``algo.adv_estimator`` (learners/advantages.py).
+
+    With ``algo.kl_mode == 'reward'`` the per-token ``kl`` estimate enters the rewards as -kl_coef * KL_t
+    before the estimator sees them (Ziegler et al. 2019); otherwise the KL is a loss term (see :func:`rl_loss`).
+    """
+    penalty = kl if algo.kl_mode == "reward" else None
+    token_rewards = outcome_token_rewards(scores.float(), response_mask, penalty, kl_coef)
     fn = get_adv_estimator(algo.adv_estimator)
-    return fn(rewards.float(), group_ids, norm_by_std=bool(algo.norm_adv_by_std))
+    return fn(token_rewards, response_mask, group_ids, values, gamma=algo.gamma, lam=algo.lam,
+              norm_by_std=bool(algo.norm_adv_by_std))
 
 
 @torch.no_grad()
@@ -61,41 +90,122 @@ def batched_logprobs(model, ids: torch.Tensor, att: torch.Tensor, micro_batch_si
     return torch.cat(out, 0)
 
 
-def rl_loss(model, mb: RLBatch, algo) -> tuple[torch.Tensor, dict]:
-    """J(theta) of the configured algorithm on one micro-batch, as a loss to minimise:
+def needs_old_logprobs(algo, train, kl_coef: float) -> bool:
+    """pi_old must be fixed before the first update when there are several updates per batch (PPO epochs,
+    minibatches), when the KL is a reward penalty (it scores the sampling policy) or is being controlled."""
+    return (train.mini_batches > 1 or train.epochs > 1 or (kl_coef > 0 and algo.kl_mode == "reward")
+            or (kl_coef > 0 and algo.kl_ctrl == "adaptive"))
+
+
+def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], scores: list[float],
+                  group_ids: list[int], algo, train, pad_id: int, kl_coef: float, ref_logprobs_fn=None,
+                  behaviour_logprobs: list[list[float]] | None = None, values: list[list[float]] | None = None,
+                  truncated: list[bool] | None = None) -> tuple[RLBatch, dict]:
+    """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
+    penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
+    holds ``returns`` (lists, for the critic) and the measured KL of the batch.
+
+    ``ref_logprobs_fn(ids, att)`` gives the reference policy's logprobs (the learner runs the model with its
+    adapter off). ``behaviour_logprobs`` are the engine's sampling logprobs, used as pi_old when the samples
+    came from an older adapter (one-step overlap).
+    """
+    ids, att, resp = build_sequences(prompt_ids, completion_ids, pad_id)
+    batch = RLBatch(ids, att, resp, torch.zeros_like(resp))
+    if behaviour_logprobs is not None:
+        batch.old_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
+    model.eval()
+    if kl_coef > 0:
+        batch.ref_logp = ref_logprobs_fn(ids, att)
+    if batch.old_logp is None and needs_old_logprobs(algo, train, kl_coef):
+        batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size)
+    info: dict = {}
+    kl = None
+    if batch.ref_logp is not None and batch.old_logp is not None:
+        kl = kl_penalty(batch.old_logp, batch.ref_logp, algo.kl_estimator) * resp
+        # What the adaptive controller tracks: KL(pi_old || pi_ref) per response, summed over its tokens.
+        info["kl_seq"] = kl_penalty(batch.old_logp, batch.ref_logp, "k1").mul(resp).sum(-1).mean().item()
+        if algo.kl_mode == "reward":
+            info["kl"] = aggregate(kl, resp, algo.loss_agg, algo.norm_len).item()
+    v = scatter_response(prompt_ids, values, resp) if values is not None else None
+    adv, returns = compute_advantages(torch.tensor(scores, dtype=torch.float32), resp, torch.tensor(group_ids),
+                                      algo, kl, kl_coef, v)
+    batch.advantages = adv
+    if returns is not None:
+        info["returns"] = gather_response(returns, prompt_ids, completion_ids)
+    if truncated is not None and algo.overlong_filter:
+        tr = torch.tensor(truncated, dtype=torch.float32)
+        batch.response_mask = overlong_filter(resp, tr)
+        info["overlong_filtered"] = int(tr.sum().item())
+    return batch, info
+
+
+def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: torch.Tensor | None,
+                 ref_logp: torch.Tensor | None, adv: torch.Tensor, mask: torch.Tensor, algo,
+                 kl_coef: float | None = None) -> tuple[torch.Tensor, dict]:
+    """J(theta) of the configured (resolved) algorithm on token tensors, as a loss to minimise:
 
         loss = policy_loss(rho, A) + beta * agg(KL_est(pi_theta || pi_ref)) - c_H * agg(H(pi_theta))
 
-    Without ``old_logp`` (one on-policy pass) rho = exp(logp - logp.detach()) = 1 with the right gradient.
+    (the KL term only when ``algo.kl_mode == 'loss'``; the aggregation is ``algo.loss_agg``). Without
+    ``old_logp`` (one on-policy pass) rho = exp(logp - logp.detach()) = 1 with the right gradient.
     """
-    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True)
-    mask = mb.response_mask
-    old = mb.old_logp if mb.old_logp is not None else logp.detach()
-    adv = mb.advantages[:, None].to(logp.dtype).expand_as(logp)
+    kl_coef = algo.kl_coef if kl_coef is None else kl_coef
+    old = old_logp if old_logp is not None else logp.detach()
+    norm_len = algo.norm_len or None
     pg, metrics = get_policy_loss(algo.policy_loss)(
-        logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-        loss_agg=algo.loss_agg)
+        logp, old, adv.to(logp.dtype), mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+        loss_agg=algo.loss_agg, norm_len=norm_len)
     loss = pg
     metrics["pg_loss"] = pg.item()
-    if algo.kl_coef > 0 and mb.ref_logp is not None:
-        kl = kl_penalty(logp, mb.ref_logp, algo.kl_estimator)
-        kl_term = aggregate(kl, mask, algo.loss_agg)
-        loss = loss + algo.kl_coef * kl_term
+    if kl_coef > 0 and ref_logp is not None and algo.kl_mode == "loss":
+        kl_term = aggregate(kl_penalty(logp, ref_logp, algo.kl_estimator), mask, algo.loss_agg, norm_len)
+        loss = loss + kl_coef * kl_term
         metrics["kl"] = kl_term.item()
-    ent = aggregate(entropy, mask, algo.loss_agg)
-    if algo.entropy_coef:
-        loss = loss - algo.entropy_coef * ent
-    metrics["entropy"] = ent.item()
+    if entropy is not None:
+        ent = aggregate(entropy, mask, algo.loss_agg, norm_len)
+        if algo.entropy_coef:
+            loss = loss - algo.entropy_coef * ent
+        metrics["entropy"] = ent.item()
     metrics["loss"] = loss.item()
     return loss, metrics
 
 
-def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, params=None) -> dict:
+def rl_loss(model, mb: RLBatch, algo, kl_coef: float | None = None) -> tuple[torch.Tensor, dict]:
+    """:func:`rl_objective` on one micro-batch, with the policy's logprobs and entropies computed here."""
+    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True)
+    return rl_objective(logp, entropy, mb.old_logp, mb.ref_logp, mb.advantages, mb.response_mask, algo, kl_coef)
+
+
+def pad_supervised(input_ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict:
+    """Right-pad tokenised supervised rows (labels -100 off the answer) into the tensors :func:`ptx_loss` takes."""
+    from learners.sft import IGNORE_INDEX
+
+    L = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), L), pad_id, dtype=torch.long)
+    lab = torch.full((len(input_ids), L), IGNORE_INDEX, dtype=torch.long)
+    att = torch.zeros((len(input_ids), L), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(input_ids, labels)):
+        ids[i, : len(x)], lab[i, : len(y)], att[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+def ptx_loss(model, ptx: dict) -> torch.Tensor:
+    """InstructGPT's PPO-ptx term (Ouyang et al. 2022, eq. 2): the mean token NLL of supervised data,
+    -(1/N) sum_t log pi_theta(y_t | y_<t) over its labelled tokens, added to the RL loss with ``algo.ptx_coef``."""
+    from learners.sft import sft_loss
+
+    logits = model(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"], use_cache=False).logits
+    return sft_loss(logits, ptx["labels"])
+
+
+def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, params=None, kl_coef: float | None = None,
+                  ptx: dict | None = None) -> dict:
     """``train.epochs`` passes over ``train.mini_batches`` shuffled minibatches; gradients accumulate over
     micro-batches of ``train.micro_batch_size``; one optimizer step per minibatch with clipping.
 
     Micro-batch losses are weighted by their share of the minibatch (tokens for token-mean, sequences
-    otherwise), so accumulation gives the same gradient as one big minibatch.
+    otherwise), so accumulation gives the same gradient as one big minibatch. With ``ptx`` (a supervised
+    batch: input_ids, attention_mask, labels) every optimizer step adds ``algo.ptx_coef`` times its NLL.
     """
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     B = len(batch)
@@ -112,10 +222,14 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
                 sl = torch.arange(i, min(i + train.micro_batch_size, len(mb)))
                 micro = mb.select(sl)
                 w = (micro.response_mask.sum() / mb_tokens) if algo.loss_agg == "token-mean" else len(micro) / len(mb)
-                loss, m = rl_loss(model, micro, algo)
+                loss, m = rl_loss(model, micro, algo, kl_coef)
                 (loss * w).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * float(w)
+            if ptx is not None and algo.ptx_coef > 0:
+                lp = ptx_loss(model, ptx)
+                (algo.ptx_coef * lp).backward()
+                sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lp.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             optimizer.step()
             if scheduler is not None:
@@ -126,14 +240,12 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
     out["updates"] = n_updates
     out["lr"] = optimizer.param_groups[0]["lr"]
     with torch.no_grad():
-        out["adv_abs_mean"] = masked_mean(batch.advantages.abs()[:, None].expand_as(batch.response_mask),
-                                          batch.response_mask).item()
+        out["adv_abs_mean"] = masked_mean(batch.advantages.abs(), batch.response_mask).item()
     return out
 
 
 def make_scheduler(optimizer, train, total_updates: int):
     """Linear warm-up then constant, cosine or linear decay (per optimizer step)."""
-    import math
 
     def f(step: int) -> float:
         if step < train.warmup_steps:

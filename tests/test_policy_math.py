@@ -1,0 +1,315 @@
+"""The policy-optimisation math, each piece against a hand-worked example and, where one exists, an independent
+computation: a plain loop (GAE, returns, whitening), exact expectations (KL estimators), a second formula of the
+same quantity (RLOO), finite differences of the objective (aggregation under micro-batching on a real tiny model)."""
+import math
+
+import pytest
+import torch
+
+from config import AlgoConfig, ConfigError, load, Config
+from learners.advantages import (ADV_ESTIMATORS, discounted_returns, gae_advantages, get_adv_estimator, group_relative,
+                                 leave_one_out, masked_whiten, outcome_token_rewards, zero_variance_groups)
+from learners.algorithms import ALGORITHMS, resolve
+from learners.kl_control import AdaptiveKLController, adaptive_kl_update, make_kl_controller
+from learners.policy_loss import aggregate, gspo_loss, kl_penalty, ppo_clip_loss
+from learners.step import overlong_filter, rl_objective
+from learners.value import explained_variance, value_loss
+
+T = torch.tensor
+
+
+def close(a, b, tol=1e-5):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
+                               rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------------------ advantages
+
+def test_group_estimators_by_hand():
+    r = T([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    g = T([0, 0, 0, 0, 1, 1, 1, 1])
+    s = math.sqrt(1 / 3)  # unbiased std of {1, 0, 0, 1}
+    close(group_relative(r, g, True), [0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0])
+    close(group_relative(r, g, False), [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])  # Dr.GRPO
+    # RLOO: 1 - (0 + 0 + 1) / 3 = 2/3; 0 - (1 + 0 + 1) / 3 = -2/3
+    close(leave_one_out(r, g), [2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0])
+    assert zero_variance_groups(r, g).tolist() == [False] * 4 + [True] * 4
+
+
+def test_rloo_equals_scaled_mean_baseline_and_a_single_sample_gets_zero():
+    gen = torch.Generator().manual_seed(1)
+    r = torch.randn(12, generator=gen)
+    g = T([0] * 5 + [1] * 6 + [2])
+    got = leave_one_out(r, g)
+    for gid, size in ((0, 5), (1, 6)):
+        sel = g == gid
+        close(got[sel], size / (size - 1) * (r[sel] - r[sel].mean()))  # G/(G-1) (R - mean)
+        for i in torch.nonzero(sel).flatten():  # and the definition, one sample at a time
+            others = [r[j] for j in torch.nonzero(sel).flatten() if j != i]
+            close(got[i], r[i] - sum(others) / len(others))
+    assert got[-1] == 0
+
+
+def test_outcome_rewards_put_the_score_on_the_last_token_and_the_kl_on_every_token():
+    mask = T([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0.0]])
+    kl = torch.full((3, 5), 0.5)
+    r = outcome_token_rewards(T([2.0, -1.0, 3.0]), mask, kl, kl_coef=0.1)
+    close(r, [[0, -0.05, -0.05, 1.95, 0], [0, 0, -1.05, 0, 0], [0, 0, 0, 0, 0]])
+
+
+def test_reinforce_pp_by_hand():
+    # Two answers (2 tokens, 1 token), scores 1 and 0, no KL: returns-to-go 1, 1, 0;
+    # whitened over the 3 tokens: mean 2/3, unbiased std sqrt(1/3).
+    mask = T([[1, 1.0], [1, 0.0]])
+    r = outcome_token_rewards(T([1.0, 0.0]), mask)
+    adv, _ = get_adv_estimator("reinforce_pp")(r, mask, T([0, 1]))
+    s = math.sqrt(1 / 3)
+    close(adv, [[(1 / 3) / s, (1 / 3) / s], [(-2 / 3) / s, 0.0]], tol=1e-4)
+    # Baseline variant: subtract the group mean first (both in one group: mean 0.5), then whiten.
+    adv_b, _ = get_adv_estimator("reinforce_pp_baseline")(r, mask, T([0, 0]))
+    x = torch.tensor([0.5, 0.5, -0.5])
+    want = (x - x.mean()) / x.std()
+    close(adv_b, [[want[0], want[1]], [want[2], 0.0]], tol=1e-4)
+
+
+def test_discounted_returns_and_whitening_against_plain_loops():
+    gen = torch.Generator().manual_seed(2)
+    lengths = [5, 1, 3]
+    mask = torch.zeros(3, 7)
+    for b, n in enumerate(lengths):
+        mask[b, 1:1 + n] = 1
+    r = torch.randn(3, 7, generator=gen) * mask
+    G = discounted_returns(r, mask, gamma=0.9)
+    for b, n in enumerate(lengths):
+        run = 0.0
+        for t in reversed(range(1, 1 + n)):
+            run = r[b, t].item() + 0.9 * run
+            close(G[b, t], run)
+    w = masked_whiten(G, mask)
+    vals = [G[b, t].item() for b in range(3) for t in range(7) if mask[b, t]]
+    mu = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1))
+    for b in range(3):
+        for t in range(7):
+            close(w[b, t], (G[b, t].item() - mu) / sd if mask[b, t] else 0.0, tol=1e-4)
+
+
+def test_gae_by_hand_and_the_ppo_estimator_against_a_plain_loop():
+    r, v, m = T([[0.0, 0.0, 1.0]]), T([[0.5, 0.5, 0.5]]), torch.ones(1, 3)
+    adv, ret = gae_advantages(r, v, m, gamma=1.0, lam=0.5)
+    close(adv, [[0.125, 0.25, 0.5]])  # deltas 0, 0, 0.5; A2 = .5, A1 = .5*.5, A0 = .5*.25
+    close(ret, [[0.625, 0.75, 1.0]])
+
+    gen = torch.Generator().manual_seed(3)
+    lengths = [6, 2, 4, 1]
+    mask = torch.zeros(4, 8)
+    for b, n in enumerate(lengths):
+        mask[b, 2:2 + n] = 1
+    scores, kl, values = torch.randn(4, generator=gen), torch.rand(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    tok_r = outcome_token_rewards(scores, mask, kl, 0.05)
+    adv, ret = get_adv_estimator("gae")(tok_r, mask, T([0, 0, 1, 1]), values, gamma=0.99, lam=0.9)
+    raw, flat = {}, []
+    for b, n in enumerate(lengths):
+        ts = list(range(2, 2 + n))
+        last = 0.0
+        for t in reversed(ts):
+            nv = values[b, t + 1].item() if t + 1 in ts else 0.0
+            last = tok_r[b, t].item() + 0.99 * nv - values[b, t].item() + 0.99 * 0.9 * last
+            raw[b, t] = last
+            close(ret[b, t], last + values[b, t].item(), tol=1e-4)
+        flat += [raw[b, t] for t in ts]
+    mu = sum(flat) / len(flat)
+    sd = math.sqrt(sum((x - mu) ** 2 for x in flat) / (len(flat) - 1))
+    for (b, t), a in raw.items():
+        close(adv[b, t], (a - mu) / sd, tol=1e-4)
+    assert torch.all(adv[mask == 0] == 0) and torch.all(ret[mask == 0] == 0)
+    with pytest.raises(ValueError, match="needs the critic"):
+        get_adv_estimator("gae")(tok_r, mask, T([0, 0, 1, 1]), None)
+
+
+def test_every_registered_estimator_ignores_padding():
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.zeros(4, 6)
+    mask[:, 1:4] = 1
+    r = outcome_token_rewards(torch.randn(4, generator=gen), mask)
+    for name, fn in ADV_ESTIMATORS.items():
+        adv, _ = fn(r, mask, T([0, 0, 1, 1]), torch.randn(4, 6, generator=gen))
+        assert torch.all(adv[mask == 0] == 0), name
+        assert torch.isfinite(adv).all(), name
+
+
+# --------------------------------------------------------------------------------------------- losses and KL
+
+def test_kl_estimators_by_hand_and_their_expectations_match_the_exact_kl():
+    close(kl_penalty(T([-1.0]), T([-2.0]), "k1"), [1.0])
+    close(kl_penalty(T([-1.0]), T([-2.0]), "k2"), [0.5])
+    close(kl_penalty(T([-1.0]), T([-2.0]), "k3"), [math.exp(-1) - 1 + 1])
+    # On a categorical, E_{x~p}[k1] = E_{x~p}[k3] = KL(p || q) exactly (k2 is biased, ~KL for close p, q).
+    p = torch.softmax(T([0.3, -1.0, 2.0, 0.1, -0.4]), 0)
+    q = torch.softmax(T([0.1, -0.7, 1.5, 0.5, -0.2]), 0)
+    kl = (p * (p.log() - q.log())).sum()
+    for est in ("k1", "k3"):
+        close((p * kl_penalty(p.log(), q.log(), est)).sum(), kl)
+    assert abs((p * kl_penalty(p.log(), q.log(), "k2")).sum() - kl) < 0.1 * kl
+    assert torch.all(kl_penalty(p.log(), q.log(), "k3") >= 0)
+
+
+def test_aggregation_modes_by_hand():
+    loss = T([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = T([[1, 1, 1, 0], [1, 0, 0, 0.0]])
+    close(aggregate(loss, mask, "token-mean"), 10 / 4)
+    close(aggregate(loss, mask, "seq-mean-token-mean"), (6 / 3 + 4 / 1) / 2)
+    close(aggregate(loss, mask, "seq-mean-token-sum-norm", norm_len=8), (6 / 8 + 4 / 8) / 2)
+    with pytest.raises(ValueError, match="token-mean"):
+        aggregate(loss, mask, "mean")
+
+
+def test_ppo_clip_decoupled_and_dual_clip_by_hand():
+    m = torch.ones(1, 1)
+
+    def l(ratio, a, **kw):
+        loss, _ = ppo_clip_loss(T([[math.log(ratio)]]), T([[0.0]]), T([[a]]), m, **kw)
+        return loss.item()
+
+    assert l(1.5, 1.0) == pytest.approx(-1.2)                       # clipped at 1 + 0.2
+    assert l(1.5, 1.0, clip_high=0.28) == pytest.approx(-1.28)      # DAPO's clip-higher
+    assert l(0.5, -1.0) == pytest.approx(0.8)                       # clipped at 1 - 0.2
+    assert l(0.5, -1.0, clip_low=0.6) == pytest.approx(0.5)         # inside a wider band: unclipped
+    assert l(5.0, -1.0) == pytest.approx(5.0)                       # pessimistic branch: unbounded
+    assert l(5.0, -1.0, dual_clip=3.0) == pytest.approx(3.0)        # dual clip bounds it at c |A|
+    assert l(5.0, 1.0, dual_clip=3.0) == pytest.approx(-1.2)        # dual clip leaves A > 0 alone
+    _, met = ppo_clip_loss(T([[math.log(1.5), math.log(0.5)]]), torch.zeros(1, 2), T([[1.0, -1.0]]), torch.ones(1, 2))
+    assert met["clipfrac_high"] == 0.5 and met["clipfrac_low"] == 0.5 and met["clipfrac"] == 1.0
+
+
+def test_gspo_sequence_ratio_by_hand_and_its_on_policy_gradient_is_grpos():
+    # log-ratios 0.1 and 0.3 on two tokens: s = exp(0.2) = 1.2214 > 1 + 0.1 -> clipped to 1.1 for A = 1.
+    logp, old = T([[0.1, 0.3, 9.0]]), torch.zeros(1, 3)
+    mask = T([[1, 1, 0.0]])
+    loss, met = gspo_loss(logp, old, torch.ones(1, 3), mask, clip_low=0.1, clip_high=0.1)
+    assert loss.item() == pytest.approx(-1.1) and met["clipfrac_high"] == 1.0
+    loss, _ = gspo_loss(logp, old, torch.ones(1, 3), mask, clip_low=0.5, clip_high=0.5)
+    assert loss.item() == pytest.approx(-math.exp(0.2), rel=1e-6)
+    # On-policy (old = logp), GSPO's gradient is A_i * mean_t grad log pi: GRPO's with seq-mean-token-mean.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, generator=gen, requires_grad=True)
+    mask = T([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0.0]])
+    adv = torch.randn(3, 1, generator=gen).expand(3, 5)
+    g1 = torch.autograd.grad(gspo_loss(x, x.detach(), adv, mask)[0], x)[0]
+    g2 = torch.autograd.grad(ppo_clip_loss(x, x.detach(), adv, mask, loss_agg="seq-mean-token-mean")[0], x)[0]
+    close(g1, g2)
+
+
+def test_rl_objective_adds_the_kl_only_in_loss_mode_and_the_entropy_bonus():
+    gen = torch.Generator().manual_seed(6)
+    logp, ref = -torch.rand(2, 4, generator=gen), -torch.rand(2, 4, generator=gen)
+    ent, adv, mask = torch.rand(2, 4, generator=gen), torch.randn(2, 4, generator=gen), torch.ones(2, 4)
+    grpo = resolve(AlgoConfig(name="grpo", kl_coef=0.1, entropy_coef=0.01))
+    base, _ = rl_objective(logp, None, None, None, adv, mask, grpo)
+    full, met = rl_objective(logp, ent, None, ref, adv, mask, grpo)
+    want = base + 0.1 * aggregate(kl_penalty(logp, ref, "k3"), mask, "seq-mean-token-mean") \
+        - 0.01 * aggregate(ent, mask, "seq-mean-token-mean")
+    close(full, want)
+    rloo = resolve(AlgoConfig(name="rloo", kl_coef=0.1))  # KL is a reward penalty there, not a loss term
+    a, _ = rl_objective(logp, None, None, ref, adv, mask, rloo)
+    b, _ = rl_objective(logp, None, None, None, adv, mask, rloo)
+    close(a, b)
+
+
+def test_overlong_filter_zeroes_truncated_rows_only():
+    mask = torch.ones(3, 4)
+    close(overlong_filter(mask, T([False, True, False])), [[1] * 4, [0] * 4, [1] * 4])
+
+
+# ------------------------------------------------------------------------------------------------ value, KL ctl
+
+def test_clipped_value_loss_by_hand():
+    loss, met = value_loss(T([[1.5]]), T([[1.0]]), T([[2.0]]), torch.ones(1, 1), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * 0.8 ** 2) and met["vf_clipfrac"] == 1.0  # V_clip = 1.2
+    loss, met = value_loss(T([[1.1]]), T([[1.0]]), T([[2.0]]), torch.ones(1, 1), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * 0.9 ** 2) and met["vf_clipfrac"] == 0.0  # inside the band
+    loss, _ = value_loss(T([[1.5]]), T([[1.0]]), T([[2.0]]), torch.ones(1, 1), clip=0.0)
+    assert loss.item() == pytest.approx(0.5 * 0.5 ** 2)
+    ret, mask = T([[1.0, 2.0, 3.0, 9.0]]), T([[1, 1, 1, 0.0]])
+    assert explained_variance(ret, ret, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 4), 2.0), ret, mask) == pytest.approx(0.0)
+
+
+def test_kl_controllers():
+    assert adaptive_kl_update(0.1, 12.0, 6.0, 1000, 100) == pytest.approx(0.1 * 1.02)   # error clipped at +0.2
+    assert adaptive_kl_update(0.1, 3.0, 6.0, 1000, 100) == pytest.approx(0.1 * 0.98)    # error clipped at -0.2
+    assert adaptive_kl_update(0.1, 6.6, 6.0, 1000, 100) == pytest.approx(0.1 * 1.01)    # e = 0.1
+    fixed = make_kl_controller("fixed", 0.05)
+    assert fixed.update(100.0, 64) == 0.05
+    # Closed loop on a toy where the policy's KL falls as beta rises (KL = 1 / beta): beta settles where KL = target.
+    ctl = make_kl_controller("adaptive", 0.05, target=4.0, horizon=200)
+    assert isinstance(ctl, AdaptiveKLController)
+    for _ in range(400):
+        ctl.update(1.0 / ctl.value, 64)
+    assert 1.0 / ctl.value == pytest.approx(4.0, rel=0.05)
+    with pytest.raises(ValueError, match="adaptive"):
+        make_kl_controller("pid", 0.1)
+
+
+# ------------------------------------------------------------------------------------------- names and config
+
+def test_algorithms_resolve_to_their_defaults_and_user_keys_win():
+    dapo = resolve(load(Config, "tiny-cpu", ["algo.name=dapo"]).algo, max_new_tokens=16)
+    assert (dapo.clip_low, dapo.clip_high, dapo.loss_agg, dapo.dynamic_sampling, dapo.overlong_filter) == \
+        (0.2, 0.28, "token-mean", True, True)
+    gspo = resolve(AlgoConfig(name="gspo"))
+    assert (gspo.policy_loss, gspo.clip_low, gspo.clip_high) == ("gspo", 3e-4, 4e-4)
+    dr = resolve(AlgoConfig(name="dr_grpo"), max_new_tokens=24)
+    assert (dr.adv_estimator, dr.loss_agg, dr.norm_len) == ("dr_grpo", "seq-mean-token-sum-norm", 24)
+    assert resolve(AlgoConfig(name="rloo")).kl_estimator == "k1"
+    assert resolve(AlgoConfig(name="rloo", kl_mode="loss")).kl_estimator == "k3"
+    mine = resolve(load(Config, "tiny-cpu", ["algo.name=dapo", "algo.clip_high=0.4", "algo.dynamic_sampling=false"]).algo)
+    assert mine.clip_high == 0.4 and mine.dynamic_sampling is False
+    for name in ALGORITHMS:
+        a = resolve(AlgoConfig(name=name))
+        assert a.adv_estimator in ADV_ESTIMATORS and a.clip_low is not None and a.kl_mode in ("loss", "reward")
+
+
+def test_bad_algorithm_keys_fail_with_the_choices():
+    with pytest.raises(ValueError, match="algo.name='dappo'.*dapo"):
+        resolve(AlgoConfig(name="dappo"))
+    with pytest.raises(ValueError, match="algo.adv_estimator='gea'"):
+        resolve(AlgoConfig(name="grpo", adv_estimator="gea"))
+    with pytest.raises(ValueError, match="algo.loss_agg"):
+        resolve(AlgoConfig(name="grpo", loss_agg="sum"))
+    with pytest.raises(ConfigError, match="algo.gamma"):
+        load(Config, "tiny-cpu", ["algo.gamma=1.5"])
+    with pytest.raises(ConfigError, match="algo.kl_mode"):
+        load(Config, "tiny-cpu", ["algo.kl_mode=both"])
+
+
+# ------------------------------------------------------------------------------ the update on a real tiny model
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_accumulation_gives_the_full_batch_update(tiny_model_dir, loss_agg):
+    """policy_update weights micro-batches so that 3 micro-batches of 2 move the weights exactly as one of 6,
+    for every aggregation (a wrong weight, e.g. averaging per-micro-batch token means, fails this)."""
+    import copy
+
+    from config import TrainConfig
+    from learners.models import load_policy
+    from learners.step import RLBatch, build_sequences, policy_update
+
+    model, tok = load_policy(tiny_model_dir, "full")
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(5, 400, (n,), generator=gen).tolist() for n in (3, 5, 2, 4, 3, 6)]
+    comps = [torch.randint(5, 400, (n,), generator=gen).tolist() for n in (1, 6, 3, 2, 7, 4)]
+    ids, att, resp = build_sequences(prompts, comps, tok.pad_token_id)
+    adv = torch.randn(6, 1, generator=gen) * resp
+    algo = resolve(AlgoConfig(name="grpo", loss_agg=loss_agg, kl_coef=0.0, norm_len=8))
+    deltas = []
+    for micro in (6, 2):
+        m = copy.deepcopy(model)
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        train = TrainConfig(micro_batch_size=micro, max_grad_norm=1e9)
+        torch.manual_seed(0)
+        policy_update(m, opt, None, RLBatch(ids, att, resp, adv), algo, train)
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
+    assert deltas[0].abs().max() > 0
+    torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=1e-7)
