@@ -15,8 +15,9 @@ import ray
 import torch
 
 from learners.algorithms import resolve
+from learners.kl_control import make_kl_controller
 from learners.models import export_engine_base, is_lora, load_policy, reference_mode, save_adapter
-from learners.step import RLBatch, batched_logprobs, build_sequences, compute_advantages, make_scheduler, policy_update
+from learners.step import batched_logprobs, build_sequences, make_scheduler, pad_supervised, policy_update, prepare_batch
 
 
 class LearnerWorker:
@@ -37,41 +38,43 @@ class LearnerWorker:
         self.optimizer = torch.optim.AdamW(self.params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         steps = total_steps if total_steps is not None else train_cfg.steps
         self.scheduler = make_scheduler(self.optimizer, train_cfg, steps * train_cfg.mini_batches * train_cfg.epochs)
+        self.kl_ctl = make_kl_controller(self.algo.kl_ctrl, self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
         self.version = 0  # adapter version of the current weights; the untrained adapter is version 0
         self.pad_id = self.tokenizer.pad_token_id
 
     # -- rollouts in, update out ----------------------------------------------------------------------
     def step(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rewards: list[float],
-             group_ids: list[int], behaviour_logprobs: list[list[float]] | None = None) -> dict:
+             group_ids: list[int], behaviour_logprobs: list[list[float]] | None = None,
+             values: list[list[float]] | None = None, truncated: list[bool] | None = None,
+             ptx: dict | None = None) -> dict:
         """Advantages, old/reference logprobs, then the minibatch updates. Returns metrics.
 
         ``behaviour_logprobs`` (the engine's sampling logprobs) serve as pi_old when the samples came from an
         older adapter (one-step overlap); the engine serves the learner's exact weights (dequantised base),
-        so they are the behaviour policy's logprobs to float rounding.
+        so they are the behaviour policy's logprobs to float rounding. ``values`` (the critic's, per completion
+        token) feed GAE and the returned ``returns`` are the critic's targets; ``truncated`` marks completions
+        cut by the length limit (DAPO's overlong filter); ``ptx`` = {input_ids, labels} supervised rows for the
+        PPO-ptx loss.
         """
         t0 = time.time()
-        ids, att, resp = build_sequences(prompt_ids, completion_ids, self.pad_id)
-        adv = compute_advantages(torch.tensor(rewards), torch.tensor(group_ids), self.algo)
-        batch = RLBatch(ids, att, resp, adv)
-        if behaviour_logprobs is not None:
-            old = torch.zeros_like(resp)
-            for i, (p, lps) in enumerate(zip(prompt_ids, behaviour_logprobs)):
-                old[i, len(p) - 1: len(p) - 1 + len(lps)] = torch.tensor(lps, dtype=old.dtype)
-            batch.old_logp = old
-        mb = self.train_cfg.micro_batch_size
-        self.model.eval()
-        if self.algo.kl_coef > 0:
-            with reference_mode(self.model):
-                batch.ref_logp = batched_logprobs(self.model, ids, att, mb)
-        # One on-policy pass needs no old logprobs (ratio = 1 with the right gradient); several
-        # minibatches or epochs need pi_old fixed before the first update.
-        if batch.old_logp is None and (self.train_cfg.mini_batches > 1 or self.train_cfg.epochs > 1):
-            batch.old_logp = batched_logprobs(self.model, ids, att, mb)
+        kl_coef = self.kl_ctl.value
+        batch, info = prepare_batch(self.model, prompt_ids, completion_ids, rewards, group_ids, self.algo,
+                                    self.train_cfg, self.pad_id, kl_coef, self._ref_logprobs, behaviour_logprobs,
+                                    values, truncated)
         t_logp = time.time() - t0
-        metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg, self.params)
+        ptx_batch = pad_supervised(ptx["input_ids"], ptx["labels"], self.pad_id) if ptx else None
+        metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg,
+                                self.params, kl_coef=kl_coef, ptx=ptx_batch)
+        if "kl_seq" in info:
+            self.kl_ctl.update(info["kl_seq"], len(batch))
+        metrics.update(info, kl_coef=kl_coef)
         self.version += 1
         metrics.update(time_logprobs=t_logp, time_update=time.time() - t0 - t_logp, version=self.version)
         return metrics
+
+    def _ref_logprobs(self, ids, att):
+        with reference_mode(self.model):
+            return batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size)
 
     def probe_logprobs(self, token_ids: list[list[int]]) -> dict:
         """Token logprobs of fixed sequences under the current weights (the learner side of the sync check)."""
@@ -93,7 +96,7 @@ class LearnerWorker:
         out = Path(out_dir)
         save_adapter(self.model, out / "adapter")
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "version": self.version, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                    "version": self.version, "kl_coef": self.kl_ctl.value, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
                     "np_rng": np.random.get_state()}, out / "learner_state.pt")
 
     def load_state(self, ckpt_dir: str) -> int:
@@ -110,6 +113,7 @@ class LearnerWorker:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.version = st["version"]
+        self.kl_ctl.value = st.get("kl_coef", self.kl_ctl.value)
         torch.set_rng_state(st["torch_rng"])
         random.setstate(st["py_rng"])
         np.random.set_state(st["np_rng"])

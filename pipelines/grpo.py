@@ -2,6 +2,8 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/grpo.py run_name=demo
     python pipelines/grpo.py config=tiny-cpu train.steps=10          # local mode, same code
+    python pipelines/grpo.py algo.name=dapo                          # (or algo=dapo) the critic-free family:
+                                                                     # grpo dr_grpo dapo gspo rloo reinforce_pp reinforce_pp_baseline
 
 Config: config/tiny-cpu.yaml (default), any key overridable as key.sub=value (see config/schema.py).
 Output: runs/<run_name>/ with metrics.jsonl, TensorBoard events (tb/), reward_curve.png, summary.json,
@@ -17,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
+import torch  # noqa: E402
 
 from actors.learner import LearnerActor  # noqa: E402
 from actors.reward import RewardActor  # noqa: E402
@@ -24,6 +27,8 @@ from actors.rollout import RolloutActor  # noqa: E402
 from actors.sync import verify_sync  # noqa: E402
 from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
 from config import Config, load, to_dict  # noqa: E402
+from learners.advantages import zero_variance_groups  # noqa: E402
+from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
@@ -69,8 +74,34 @@ def sync_adapter(rollout, learner, adapters_dir, probe_ids, tol) -> dict:
     return {**out, "time/sync": time.time() - t0, "adapter_version": exp["version"]}
 
 
+def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int) -> tuple[list[dict], dict]:
+    """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2): keep the groups whose rewards differ (an all-equal
+    group has zero advantage, so no gradient) and ``draw(round)`` more until ``want`` are kept or ``max_rounds``
+    extra rounds are spent. With none kept at all it returns the first round as it was (only KL/entropy move)."""
+    kept, dropped, rounds, first = [], 0, 0, groups
+    while True:
+        n = len(groups[0]["rewards"])
+        same = zero_variance_groups(torch.tensor([r for g in groups for r in g["rewards"]]),
+                                    torch.arange(len(groups)).repeat_interleave(n))
+        for i, g in enumerate(groups):
+            if same[i * n]:
+                dropped += 1
+            else:
+                kept.append(g)
+        if len(kept) >= want or rounds >= max_rounds:
+            break
+        rounds += 1
+        groups = draw(rounds)
+    stats = {"sampling/groups_dropped": dropped, "sampling/extra_rounds": rounds, "sampling/groups_kept": min(len(kept), want)}
+    return (kept[:want] if kept else first), stats
+
+
 def main(argv: list[str]) -> dict:
+    argv = ["algo.name=" + a[len("algo="):] if a.startswith("algo=") else a for a in argv]  # short alias
     cfg = load(Config, "tiny-cpu", argv)
+    algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)  # a wrong algorithm name fails here, before the cluster
+    if algo.adv_estimator in NEEDS_CRITIC:
+        raise ValueError(f"algo.name={cfg.algo.name} (advantages {algo.adv_estimator!r}) needs a critic: run pipelines/ppo.py")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -92,7 +123,7 @@ def main(argv: list[str]) -> dict:
     plan = plan_resources(cfg.cluster)
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
     learner = LearnerActor.options(**actor_options(plan, pg, "learner")).remote(
-        model_path, cfg.model, cfg.algo, cfg.train, cfg.seed, num_threads=max(1, int(plan.of("learner")[0].num_cpus * 2)))
+        model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=max(1, int(plan.of("learner")[0].num_cpus * 2)))
     reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
     rollout = RolloutActor.options(**actor_options(plan, pg, "rollout")).remote(
@@ -105,7 +136,8 @@ def main(argv: list[str]) -> dict:
         ray.get(learner.load_state.remote(str(ckpt)))
         start = read_meta(ckpt)["step"]
         print(f"[grpo] resumed from {ckpt} at step {start}", flush=True)
-    log = RunLog(run_dir, cfg.tensorboard, start_step=start, config=to_dict(cfg))
+    # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
+    log = RunLog(run_dir, cfg.tensorboard, start_step=start, config={**to_dict(cfg), "algo": to_dict(algo)})
 
     sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
     held_start = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
@@ -115,13 +147,27 @@ def main(argv: list[str]) -> dict:
 
     P, n = cfg.train.prompts_per_step, cfg.rollout.n_samples
     colocate_sleep = cfg.cluster.mode == "colocate" and cfg.rollout.sleep_between_phases
+    R = 1 + (algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 0)  # prompt draws per step at most
 
-    def batch_rows(step: int) -> list[dict]:
-        return [train_rows[order[(step * P + i) % len(order)]] for i in range(P)]
+    def batch_rows(step: int, k: int = 0) -> list[dict]:
+        return [train_rows[order[((step * R + k) * P + i) % len(order)]] for i in range(P)]
 
-    def launch_generate(step: int):
-        rows = batch_rows(step)
-        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=cfg.seed * 100003 + step)
+    def launch_generate(step: int, k: int = 0):
+        rows = batch_rows(step, k)
+        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=cfg.seed * 100003 + step * R + k)
+
+    def score(rows, samples) -> dict:
+        return ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
+                                           [r["answer"] for r in rows for _ in range(n)]))
+
+    def as_groups(rows, gen, sc) -> list[dict]:
+        return [{"row": r, "prompt_ids": p, "samples": g, "rewards": sc["rewards"][i * n:(i + 1) * n]}
+                for i, (r, p, g) in enumerate(zip(rows, gen["prompt_token_ids"], gen["samples"]))]
+
+    def draw(step: int, k: int) -> list[dict]:
+        rows, ref = launch_generate(step, k)
+        gen = ray.get(ref)
+        return as_groups(rows, gen, score(rows, [s for g in gen["samples"] for s in g]))
 
     bar = _progress(cfg, start)
     pending = launch_generate(start) if start < cfg.train.steps else None
@@ -132,8 +178,6 @@ def main(argv: list[str]) -> dict:
         gen = ray.get(gen_ref)
         t_gen = time.time() - t_step
         samples = [s for group in gen["samples"] for s in group]
-        prompt_ids = [p for p in gen["prompt_token_ids"] for _ in range(n)]
-        completions = [s["text"] for s in samples]
         overlap = cfg.train.one_step_overlap and step + 1 < cfg.train.steps
         if overlap:  # generate batch t+1 with adapter t while the learner updates on batch t
             pending = launch_generate(step + 1)
@@ -142,14 +186,21 @@ def main(argv: list[str]) -> dict:
 
         # 2. score: per item a reward and a status; failures cost their items, not the step
         t0 = time.time()
-        sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], completions,
-                                         [r["answer"] for r in rows for _ in range(n)]))
+        sc = score(rows, samples)
         t_score = time.time() - t0
 
-        # 3. update: reference/old logprobs, group-relative advantages, clipped objective + KL
+        # 2b. DAPO: drop groups with all-equal rewards and draw more prompts until the batch is full (capped)
+        groups, ds = as_groups(rows, gen, sc), {}
+        if algo.dynamic_sampling:
+            groups, ds = dynamic_sampling(groups, lambda k: draw(step, k), P, algo.dynamic_sampling_max_rounds)
+        train_samples = [s for g in groups for s in g["samples"]]
+
+        # 3. update: reference/old logprobs, advantages of the configured algorithm, clipped objective + KL
         stats = ray.get(learner.step.remote(
-            prompt_ids, [s["token_ids"] for s in samples], sc["rewards"], [i // n for i in range(len(samples))],
-            behaviour_logprobs=[s["logprobs"] for s in samples] if cfg.train.one_step_overlap else None))
+            [g["prompt_ids"] for g in groups for _ in range(n)], [s["token_ids"] for s in train_samples],
+            [r for g in groups for r in g["rewards"]], [i // n for i in range(len(train_samples))],
+            behaviour_logprobs=[s["logprobs"] for s in train_samples] if cfg.train.one_step_overlap else None,
+            truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None))
 
         # 4. sync: move only the adapter, and check that the engine now serves it
         sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
@@ -175,6 +226,7 @@ def main(argv: list[str]) -> dict:
             "time/update": stats["time_update"], "time/sync": sync["time/sync"], "time/step": time.time() - t_step,
             "sync/gap_mean": sync["sync_gap_mean"], "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": gen["adapter_version"],
+            "actor/kl_coef": stats["kl_coef"], "actor/adv_abs_mean": stats["adv_abs_mean"], **ds,
         }
         log.log(step, row)
         bar.update(1)
@@ -196,9 +248,9 @@ def main(argv: list[str]) -> dict:
                "mean_step_s": sum(r["time/step"] for r in rows_logged) / max(1, len(rows_logged)),
                "final_adapter": str(run_dir / "adapters" / f"v{sync['adapter_version']:06d}")}
     log.summary(summary)
-    log.plot(["reward/mean", "actor/kl", "response/length_mean"], "reward_curve.png", f"GRPO {cfg.run_name}")
+    log.plot(["reward/mean", "actor/kl", "response/length_mean"], "reward_curve.png", f"{cfg.algo.name} {cfg.run_name}")
     log.close()
-    print(f"[grpo] held-out reward {held_start:.3f} -> {held_end:.3f}; results in {run_dir}", flush=True)
+    print(f"[grpo] {cfg.algo.name}: held-out reward {held_start:.3f} -> {held_end:.3f}; results in {run_dir}", flush=True)
     return summary
 
 
