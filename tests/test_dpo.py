@@ -178,7 +178,8 @@ def _load_pipeline(name: str):
 
 def test_short_dpo_run_raises_heldout_accuracy_and_margin(ray_local, tmp_path, cache_dir):
     dpo = _load_pipeline("dpo")
-    args = [f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=dpo", "model.preset=tiny", "progress=false",
+    args = [f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=dpo", "model.preset=tiny", "data.warm_start_steps=0",
+            "progress=false",
             "tensorboard=false", "train.steps=4", "dpo.lr=2e-3", "dpo.eval_every=2", "dpo.builtin_prompts=150",
             "dpo.batch_size=16", "train.micro_batch_size=16", "checkpoint.every=2"]
     s = dpo.main(args)
