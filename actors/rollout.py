@@ -34,7 +34,12 @@ class RolloutEngine:
                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=dtype,
                       tensor_parallel_size=cfg.tensor_parallel_size, disable_log_stats=True)
         if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1, max_cpu_loras=2)
+            # vLLM accepts only these bounds; a rank-4 adapter is served under the bound 8.
+            allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+            bound = next((a for a in allowed if a >= max_lora_rank), None)
+            if bound is None:
+                raise ValueError(f"model.lora.r={max_lora_rank} is above vLLM's largest LoRA rank (512)")
+            kwargs.update(enable_lora=True, max_lora_rank=bound, max_loras=1, max_cpu_loras=2)
         if cfg.sleep_between_phases and device == "gpu":
             kwargs["enable_sleep_mode"] = True
         self.llm = LLM(**kwargs)

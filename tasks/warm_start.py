@@ -36,6 +36,10 @@ def warm_start(model_dir: str | os.PathLike, rows: list[dict], solution_fn, step
     final = Path(out_root).resolve() / f"warm-{Path(model_dir).name}-{steps}-{key}"
     if (final / "warm_start.json").exists():
         return final
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        # On an oversubscribed machine, OpenMP threads spin against each other: one thread was 7-20x
+        # faster than two here at load 15 on 2 cores.
+        torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))

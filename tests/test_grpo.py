@@ -25,11 +25,11 @@ def test_sync_check_catches_a_stale_adapter(ray_local, tiny_model_dir, tmp_path)
     from actors.sync import SyncError, verify_sync
     from learners.models import load_tokenizer
 
-    cfg = load(Config, "tiny-cpu", ["model.preset=tiny", "train.lr=0.02", "model.lora.r=4", "model.lora.alpha=8"])
+    cfg = load(Config, "tiny-cpu", ["model.preset=tiny", "train.lr=0.02", "model.lora.r=8", "model.lora.alpha=16"])
     learner = LearnerActor.options(num_cpus=0.5).remote(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
     base = ray.get(learner.export_engine_base.remote(str(tmp_path / "engine_base")))
     assert Path(base) != Path(tiny_model_dir)  # a QLoRA learner serves its dequantised base
-    rollout = RolloutActor.options(num_cpus=0.5).remote(base, cfg.rollout, max_lora_rank=4)
+    rollout = RolloutActor.options(num_cpus=0.5).remote(base, cfg.rollout, max_lora_rank=8)
     tok = load_tokenizer(tiny_model_dir)
     probe = [tok('What is 2+3? {"answer": 5}').input_ids, tok("Add 4 and 4. 8").input_ids]
     tol = cfg.rollout.sync_probe_tolerance
