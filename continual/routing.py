@@ -14,9 +14,11 @@ import torch
 def fit_keys(features: torch.Tensor, n_keys: int, seed: int = 0) -> torch.Tensor:
     """``n_keys`` k-means centroids of a task's [n, d] features (scikit-learn's KMeans)."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     k = max(1, min(n_keys, len(features)))
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(features.detach().double().cpu().numpy())
+    with threadpool_limits(1):  # OpenMP threads spin on a busy machine; a few hundred points need one
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(features.detach().double().cpu().numpy())
     return torch.as_tensor(km.cluster_centers_, dtype=features.dtype)
 
 
