@@ -3,13 +3,15 @@
 Each row's phase follows from its columns: ``text`` -> pre-training; ``chosen``/``rejected`` or
 ``responses``/``scores`` -> alignment; anything the SFT formats accept (OpenAI ``messages``, ShareGPT
 ``conversations``, Alpaca ``instruction``/``output``, ``prompt``/``completion``) -> instruction. A row that
-fits none is reported with its file and line and skipped; the rest are kept. A task whose rows are all
-unusable, or a stream that mixes phases, stops the run before any model loads.
+fits none, or is of another kind than most of its task's rows, is reported with its file and line and skipped;
+the rest are kept. A task whose rows are all unusable, or a stream that mixes phases, stops the run before any
+model loads.
 """
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 
 from config.loader import ConfigError
@@ -82,33 +84,33 @@ def normalize(row, phase: str) -> dict:
             "chosen": resp[best], "rejected": resp[worst]}
 
 
-def _read(name: str, spec: str) -> tuple[list[dict], str]:
+def _read(name: str, spec: str, key: str = "continual.tasks") -> tuple[list[dict], str]:
     from datapipe.io import read_rows
-    from datapipe.rows import RowError
+    from datapipe.rows import RowError, origin_of
 
     errors: list[RowError] = []
     try:
         raw = read_rows(spec, errors=errors)
     except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"continual.tasks: task {name!r}: {e}") from None
-    phases = {row_phase(r) for r in raw}
-    if len(phases) > 1:
-        raise ConfigError(f"continual.tasks: task {name!r} ({spec}) mixes row kinds {sorted(phases)}; one task holds "
-                          "text rows (pre-training), chat rows (instruction) or preference rows (alignment)")
-    phase = phases.pop() if phases else "instruct"
+        raise ConfigError(f"{key}: task {name!r}: {e}") from None
+    # The task's phase is its rows' majority kind; a row of another kind is a stray (reported, skipped).
+    kinds = Counter(row_phase(r) for r in raw)
+    phase = kinds.most_common(1)[0][0] if kinds else "instruct"
     rows = []
     for r in raw:
         try:
+            if row_phase(r) != phase:
+                raise RowError(origin_of(r), f"a {row_phase(r)} row in a task of {phase} rows")
             rows.append(normalize(r, phase))
         except RowError as e:
             errors.append(e)
     for e in errors[:5]:
-        log.warning("continual.tasks %s: row skipped: %s", name, e)
+        log.warning("%s %s: row skipped: %s", key, name, e)
     if errors:
-        log.warning("continual.tasks %s: %d of %d rows skipped", name, len(errors), len(errors) + len(rows))
+        log.warning("%s %s: %d of %d rows skipped", key, name, len(errors), len(errors) + len(rows))
     if not rows:
         first = f"; first problem: {errors[0]}" if errors else ""
-        raise ConfigError(f"continual.tasks: task {name!r} ({spec}) has no usable rows{first}")
+        raise ConfigError(f"{key}: task {name!r} ({spec}) has no usable rows{first}")
     return rows, phase
 
 
@@ -151,7 +153,7 @@ def memory_rows(specs: list[str], phase: str, seed: int = 0) -> list[tuple[str, 
     out = []
     for i, spec in enumerate(specs):
         name = f"memory{i}-{Path(spec.removeprefix('samples:')).stem}"
-        rows, p = _read(name, spec)
+        rows, p = _read(name, spec, "continual.memory")
         if p != phase:
             raise ConfigError(f"continual.memory: {spec} holds {p} rows but the stream is a {phase} stream")
         for j, r in enumerate(rows):

@@ -209,9 +209,12 @@ def test_users_files_become_a_stream_and_bad_rows_are_named(tmp_path, caplog):
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "good", "rejected": "bad"}) + "\n"
                                               for i in range(5)))
     (tmp_path / "t.jsonl").write_text(json.dumps({"text": "some text"}) + "\n")
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": "a stray pre-training row"}) + "\n")
     (a,) = file_stream([f"a={tmp_path / 'a.jsonl'}"], heldout_fraction=0.2)
     assert a.phase == "instruct" and len(a.train) + len(a.test) == 9  # the chat without an answer is skipped
     assert "a.jsonl line 2" in caplog.text and "assistant turn" in caplog.text
+    assert "a.jsonl line 11: a cpt row in a task of instruct rows" in caplog.text
     (b,) = file_stream([f"b={tmp_path / 'b.jsonl'},{tmp_path / 'b.jsonl'}"])
     assert b.phase == "align" and len(b.test) == 5
     assert b.train[0]["prompt"] == [{"role": "user", "content": "q0"}] and b.train[0]["scores"] == [1.0, 0.0]
