@@ -49,13 +49,13 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
     """
     import ray
 
-    if ray.is_initialized():
-        return ray.get_runtime_context()
     if cfg.auth_token_env != "RAY_AUTH_TOKEN" and os.environ.get(cfg.auth_token_env):
         os.environ["RAY_AUTH_TOKEN"] = os.environ[cfg.auth_token_env]
     address = cfg.address
     kwargs: dict = {"runtime_env": runtime_env, "logging_level": "WARNING", "log_to_driver": True}
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
+        if ray.is_initialized():
+            return ray.get_runtime_context()
         kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
         if cfg.device == "cpu":
             kwargs["num_gpus"] = 0
@@ -74,6 +74,8 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
             raise ClusterError(f"RAY_AUTH_MODE=token but no token: set {cfg.auth_token_env} to the cluster's token "
                                "(on the head: `ray get-auth-token`) or put it in ~/.ray/auth_token")
         kwargs["address"] = address
+    if ray.is_initialized():  # idempotent within a process, after the checks above
+        return ray.get_runtime_context()
     try:
         return ray.init(**kwargs)
     except ConnectionError as e:

@@ -27,6 +27,12 @@ def test_colocate_and_split_plans_on_cpu_fit_two_cores(ray_local):
         for a in actors:
             ray.kill(a)
         ray.util.remove_placement_group(pg)
+        # Ray returns the bundles asynchronously; wait before planning again.
+        import time
+
+        deadline = time.time() + 60
+        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+            time.sleep(0.5)
 
 
 def test_plan_that_does_not_fit_names_roles(ray_local):
