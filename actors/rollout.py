@@ -47,6 +47,7 @@ class RolloutEngine:
         self.startup_s = time.time() - t0
         self.enable_lora = enable_lora
         self._lora = None  # LoRARequest of the loaded adapter
+        self._loads = 0
         self.adapter_version = -1  # -1: the base model
         self._sleep_supported: bool | None = None
         self.asleep = False
@@ -60,8 +61,10 @@ class RolloutEngine:
             raise RuntimeError("this engine was built with enable_lora=False")
         if not Path(path, "adapter_config.json").exists():
             raise FileNotFoundError(f"no PEFT adapter at {path} (adapter_config.json missing)")
-        # A fresh int id per version: vLLM caches adapters by id, so reusing one would serve stale weights.
-        self._lora = LoRARequest(lora_name=f"v{version}", lora_int_id=version + 1, lora_path=str(path))
+        # A fresh int id per *load*: vLLM caches adapters by id, so reusing one (even for a re-load of the
+        # same version from other files) would serve the cached, stale weights.
+        self._loads += 1
+        self._lora = LoRARequest(lora_name=f"v{version}-{self._loads}", lora_int_id=self._loads, lora_path=str(path))
         self.adapter_version = version
         return version
 
