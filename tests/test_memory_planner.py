@@ -4,8 +4,9 @@ loaded here, and against measured peaks of a training step on CPU.
 Measured peaks and their tolerances (docs/planner.md explains them):
 - saved activations: every tensor autograd keeps for backward (``saved_tensors_hooks``), within 3%;
 - step peak: live tensor bytes from the torch profiler's allocation events, within 15%;
-- process peak RSS of loading + two steps in a fresh process, within 25% (RSS also holds autograd's graph and
-  Python objects; glibc is told to hand freed buffers back at once, so RSS follows live memory).
+- peak RSS (VmHWM) of loading + two steps in a fresh process, within 25% (RSS also holds autograd's graph,
+  Python objects and first-use kernel buffers; glibc is told to hand freed buffers back at once, so RSS follows
+  live memory).
 """
 from __future__ import annotations
 
@@ -268,18 +269,20 @@ def test_step_peak_matches_profiler(tiny_model_dir, tiny_shape, finetune, checkp
 
 
 RSS_CHILD = r"""
-import json, os, resource, sys, torch
+import json, sys, torch
 from config import LoraConfig
 from learners.logprobs import sequence_logprobs
 from learners.models import load_policy
 path, B, T = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def status_kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 # page in the code paths (lazy imports, kernels) on a first copy, so the baseline holds them
 m, _ = load_policy(path, finetune="qlora", lora=LoraConfig(r=8))
 x = torch.randint(3, 100, (1, 8)); sequence_logprobs(m, x, torch.ones_like(x)).sum().backward()
 del m, x
-base = rss()
+base = status_kib("VmRSS")
+# VmHWM is this address space's peak (ru_maxrss would carry the parent's RSS across exec); "5" restarts it here
+open("/proc/self/clear_refs", "w").write("5")
 model, _ = load_policy(path, finetune="qlora", lora=LoraConfig(r=8))
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -287,7 +290,7 @@ ids = torch.randint(3, 500, (B, T)); mask = torch.ones_like(ids); mask[0, : T //
 for _ in range(2):
     lp = sequence_logprobs(model, ids, mask)
     (-(lp * mask[:, 1:]).sum() / mask.sum()).backward(); opt.step(); opt.zero_grad(set_to_none=True)
-print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"base": base * 1024, "peak": status_kib("VmHWM") * 1024}))
 """
 
 
