@@ -100,6 +100,9 @@ class ModelShape:
     @classmethod
     def load(cls, name_or_path: str) -> "ModelShape":
         """A local model folder (reads its config.json) or a hub name from :data:`KNOWN_MODELS`."""
+        if not name_or_path:
+            raise ValueError("model.path is empty (the project's tiny model); give the planner model.path=<a model "
+                             f"folder> or one of {sorted(KNOWN_MODELS)}")
         p = Path(name_or_path)
         if (p / "config.json").exists():
             return cls.from_hf_config(json.loads((p / "config.json").read_text()))

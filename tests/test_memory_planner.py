@@ -133,6 +133,8 @@ def test_user_errors_say_what_to_change(tmp_path):
         plan_memory(_cfg("rtx4080"), QWEN3_4B, "rtx9999")
     with pytest.raises(ValueError, match="point model.path at a downloaded copy"):
         ModelShape.load(str(tmp_path / "nothing-here"))
+    with pytest.raises(ValueError, match="model.path is empty"):
+        ModelShape.load("")
     with pytest.raises(ValueError, match="model.lora.target_modules"):
         lora_params(QWEN3_4B, 8, ["q_proj", "qkv"])
 
