@@ -17,17 +17,19 @@ def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 @contextlib.contextmanager
 def swapped(params: Sequence[torch.nn.Parameter], values: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Run the model with ``values`` in place of ``params``, then put the exact current values back.
+    """Run the model with ``values`` in place of ``params`` (a teacher's forward), then put the exact current
+    values back. One model in memory, not two.
 
-    Writes through ``.data`` so that autograd does not see the swap: a graph built before it (the step's
-    forward) backpropagates through bit-identical values afterwards. One model in memory, not two.
+    The body runs under ``torch.no_grad``: a graph through swapped-in values would send the teacher's gradients
+    into the student's ``.grad``. The swap writes through ``.data`` so that autograd does not see it: the graph
+    of the step's own forward, built before, backpropagates through bit-identical values afterwards.
     """
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
             for p, v in zip(params, values, strict=True):
                 p.data.copy_(v)
-        yield
+            yield
     finally:
         with torch.no_grad():
             for p, v in zip(params, saved):

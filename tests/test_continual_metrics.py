@@ -9,6 +9,7 @@ from continual.exemplars import herding, nearest_mean_scores, normalize
 from continual.metrics import (
     accuracy_curve, average_accuracy, backward_transfer, forgetting, forward_transfer, summarize,
 )
+from continual.params import swapped
 from continual.projection import agem_project, gem_project
 from continual.regularizers import distillation_loss, ewc_penalty, fisher_update, online_fisher
 from continual.routing import router_weights, task_distances
@@ -154,3 +155,18 @@ def test_router_sends_an_input_to_its_nearest_task_and_mixes_top_k():
     assert w1.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     w2 = router_weights(d, top_k=2, temperature=100.0)
     assert torch.allclose(w2.sum(1), torch.ones(2)) and bool((w2 > 0).all())
+
+
+def test_swapped_runs_the_teacher_without_autograd_and_restores_the_student_exactly():
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    student = w.detach().clone()
+    x = torch.randn(2, 3)
+    loss = (x @ w).pow(2).sum()  # the step's graph, built before the swap
+    teacher = torch.zeros(3, 3)
+    with swapped([w], [teacher]):
+        out = x @ w
+        assert torch.equal(w.detach(), teacher)
+        assert not out.requires_grad  # a teacher's output never carries gradient into the student
+    assert torch.equal(w.detach(), student)
+    loss.backward()
+    assert torch.allclose(w.grad, 2 * x.T @ (x @ student))  # backward sees the student's values
