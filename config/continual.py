@@ -26,9 +26,10 @@ class ContinualConfig:
     """stream=files: NAME=TRAIN or NAME=TRAIN,TEST per task, in stream order. TRAIN/TEST: .jsonl/.json/.parquet, a
     folder, a saved `datasets` folder or samples:NAME. Rows: `text` (pre-training); messages / conversations /
     instruction+output / prompt+completion (instruction); prompt+chosen+rejected or prompt+responses+scores
-    (alignment). Every task of a stream must be of one phase."""
+    (alignment). Every task of a stream must be of one phase. A built-in stream: the names of its tasks to
+    learn, in order (empty: its first n_tasks)."""
     n_tasks: int = 3
-    """Tasks taken from a built-in stream (its first n)."""
+    """Tasks taken from a built-in stream (its first n) when `tasks` names none."""
     train_size: int = 96
     """Training rows per built-in task."""
     test_size: int = 24
@@ -42,11 +43,11 @@ class ContinualConfig:
     """Methods to run on the stream, each from the same starting model: seq_ft (full fine-tuning, in order),
     seq_lora (one LoRA adapter, in order), replay, inscl, ewc, lwf, task_lora, multistage (instruction streams),
     cppo and copr (alignment streams). See llm_continual/methods.py."""
-    epochs: int = 2
+    epochs: int = 3
     """Passes over each task's training rows (plus its replayed rows)."""
     batch_size: int = 8
     """Rows per optimizer step."""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """Learning rate (Adam, fresh for every task)."""
     max_len: int = 96
     """Tokens per sequence (longer ones keep their start)."""

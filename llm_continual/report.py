@@ -50,7 +50,7 @@ def write_table(rows: list[dict], out_dir: str | Path, score: str) -> dict[str, 
 
 
 def plot_matrices(matrices: dict[str, list[list[float]]], task_names: list[str], path: str | Path) -> Path:
-    """One heatmap per method: R[t][i], rows = after training task t, columns = evaluated task i."""
+    """One heatmap per method (four to a row): R[t][i], rows = after training task t, columns = evaluated task i."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,19 +58,26 @@ def plot_matrices(matrices: dict[str, list[list[float]]], task_names: list[str],
     import numpy as np
 
     n = len(matrices)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.6, 3.2), squeeze=False)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 1.2, 2.7 * rows + 0.3), squeeze=False,
+                             constrained_layout=True)
     allv = np.array([v for R in matrices.values() for row in R for v in row], dtype=float)
     lo, hi = float(np.nanmin(allv)), float(np.nanmax(allv))
-    for ax, (method, R) in zip(axes[0], matrices.items()):
+    for k, (ax, (method, R)) in enumerate(zip(axes.flat, matrices.items())):
         im = ax.imshow(np.array(R, dtype=float), vmin=lo, vmax=hi, cmap="viridis")
         for t, row in enumerate(R):
             for i, v in enumerate(row):
-                ax.text(i, t, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(i, t, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="k" if v > lo + 0.7 * (hi - lo) else "w")
         ax.set_title(method, fontsize=9)
-        ax.set_xticks(range(len(task_names)), task_names, rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(len(R)), [f"after {task_names[t]}" for t in range(len(R))], fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+        ax.set_xticks(range(len(task_names)), task_names, rotation=35, ha="right", fontsize=7)
+        ax.set_yticks(range(len(R)), [f"after {task_names[t]}" for t in range(len(R))] if k % cols == 0 else [],
+                      fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="score (higher is better)")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 

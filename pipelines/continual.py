@@ -136,6 +136,7 @@ def main(argv: list[str]) -> dict:
     embeddings: dict[str, object] = {}
     results: dict[str, dict] = {}
     general_results: dict[str, dict] = {}
+    general_start: dict[str, dict] = {}  # per starting weights (a QLoRA base is the dequantised copy)
     step = 0
     try:
         for m in methods:
@@ -147,7 +148,8 @@ def main(argv: list[str]) -> dict:
             base = ray.get(worker.export_base.remote(str(run_dir / "eval_base")))
             if base not in base_scores:  # the untrained model's scores: b for FWT, and the general-ability start
                 base_scores[base] = evaluate(base, {})
-                general_results.setdefault("start", general_panel(base, None, "start"))
+                general_start[base] = general_panel(base, None, "start")
+                general_results.setdefault("start", general_start[base])
             b = base_scores[base][0]
             R, stages = [], []
             for t, task in enumerate(tasks):
@@ -184,7 +186,7 @@ def main(argv: list[str]) -> dict:
             last = out["adapters"].get("all") or (out["adapters"].get(len(tasks) - 1) if out["adapters"] else None)
             general_results[m.name] = general_panel(model, last, m.name)
             results[m.name] = {"R": R, "b": b, "stages": stages, "final": {"model": model, "adapter": last},
-                               "seconds": time.time() - t_method}
+                               "start": base, "seconds": time.time() - t_method}
             ray.kill(worker)
     finally:
         if engine["actor"] is not None:
@@ -195,10 +197,9 @@ def main(argv: list[str]) -> dict:
         remove_placement_group(pg)
 
     # 4. Report: matrices, the methods' comparison, the general-ability table, plots, summary.json.
-    start = general_results["start"]["metrics"]
     rows = []
     for name, r in results.items():
-        end = general_results[name]["metrics"]
+        start, end = general_start[r["start"]]["metrics"], general_results[name]["metrics"]
         r["general_delta"] = {k: end[k] - start[k] for k in start if k in end}
         rows.append(report.method_row(name, r["R"], r["b"], r["general_delta"], r["seconds"]))
     paths = report.write_table(rows, run_dir, cc.score)

@@ -2,8 +2,6 @@
 through continual.loop with its hooks, and the weights it exports are what the evaluation panel loads."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -71,8 +69,7 @@ def test_exports_are_what_the_panel_loads(tiny_model_dir, cfg, tmp_path):
         logits.append(model(input_ids=probe).logits)
     assert not torch.allclose(logits[0], logits[1])  # each task kept its own adapter
 
-    full_cfg = dataclasses.replace(cfg.model, finetune="qlora")
-    f = ContinualWorker(str(tiny_model_dir), full_cfg, cfg.continual, "seq_ft", "cpt")
+    f = ContinualWorker(str(tiny_model_dir), cfg.model, cfg.continual, "seq_ft", "cpt")  # model.finetune is qlora
     assert f.finetune == "full" and f.export_base(str(tmp_path / "unused")) == str(tiny_model_dir)
     f.train_task(0, a.name, a.train, [])
     exported = f.export(str(tmp_path / "ft"))
