@@ -60,6 +60,31 @@ def load_stream(cfg: Config):
         raise ConfigError(f"continual.tasks / continual.n_tasks: {e}") from None
 
 
+def choose_replay(kind: str, task, past: list[tuple[str, list[dict]]], cc, seed: int,
+                  embeddings: dict) -> tuple[list[dict], dict]:
+    """Rows of earlier tasks (and of the memory) learnt again with ``task``: none, a uniform share of them
+    (replay, and multistage's prompts), or InsCL's distance-split, information-sampled share. ``embeddings``
+    caches each task's MiniLM instruction embeddings across methods."""
+    from llm_continual.replay import replay_budget, uniform_replay
+    from llm_continual.streams import instruction_text
+
+    if kind == "none" or not past:
+        return [], {}
+    budget = replay_budget(len(task.train), cc.replay_ratio)
+    if kind in ("uniform", "self_distill"):
+        return uniform_replay([rows for _, rows in past], budget, seed), {}
+    from llm_continual.inscl import embed_instructions, plan_replay
+
+    for name, rows in past + [(task.name, task.train)]:
+        if name not in embeddings:
+            embeddings[name] = embed_instructions([instruction_text(r) for r in rows[:cc.inscl_embed_rows]])
+    rows, rep = plan_replay(embeddings[task.name],
+                            [(rows, [instruction_text(r) for r in rows], embeddings[name]) for name, rows in past],
+                            budget, seed)
+    return rows, {f"inscl/{name}": {"distance": d, "share": k}
+                  for (name, _), d, k in zip(past, rep["distances"], rep["shares"])}
+
+
 def main(argv: list[str]) -> dict:
     import ray
     from ray.util.placement_group import remove_placement_group
@@ -67,12 +92,11 @@ def main(argv: list[str]) -> dict:
     from cluster import actor_options, connect, make_placement_group, plan_resources
     from evalpanel import run_panel
     from evalpanel import write_table as write_general_table
+    from evalpanel.report import direction
     from evalpanel.suites import load_suites
     from llm_continual import report
     from llm_continual.evaluation import needs_engine, task_score, write_suites
     from llm_continual.methods import check_method
-    from llm_continual.replay import replay_budget, uniform_replay
-    from llm_continual.streams import instruction_text
     from llm_continual.user_streams import memory_rows
     from llm_continual.worker import ContinualActor
     from runlog import RunLog
@@ -119,7 +143,7 @@ def main(argv: list[str]) -> dict:
 
     base_scores: dict[str, tuple[list[float], dict]] = {}
 
-    def evaluate(model: str, adapters: dict, refs_general: bool = False) -> tuple[list[float], dict]:
+    def evaluate(model: str, adapters: dict) -> tuple[list[float], dict]:
         """Score every task with the panel (``adapters``: {"all": path} or per task id; none = the base)."""
         metrics: dict = {}
         groups = ([(adapters.get("all"), [s for n in names for s in suites[n].refs])] if "all" in adapters or not adapters
@@ -154,21 +178,7 @@ def main(argv: list[str]) -> dict:
             R, stages = [], []
             for t, task in enumerate(tasks):
                 past = memory + [(p.name, p.train) for p in tasks[:t]]
-                budget = replay_budget(len(task.train), cc.replay_ratio)
-                replay, replay_info = [], {}
-                if m.replay in ("uniform", "self_distill") and past:
-                    replay = uniform_replay([rows for _, rows in past], budget, cfg.seed * 1000 + t)
-                elif m.replay == "inscl" and past:
-                    from llm_continual.inscl import embed_instructions, plan_replay
-
-                    for name, rows in past + [(task.name, task.train)]:
-                        if name not in embeddings:
-                            embeddings[name] = embed_instructions([instruction_text(r) for r in rows[:cc.inscl_embed_rows]])
-                    replay, replay_info = plan_replay(
-                        embeddings[task.name], [(rows, [instruction_text(r) for r in rows], embeddings[name]) for name, rows in past],
-                        budget, cfg.seed * 1000 + t)
-                    replay_info = {f"inscl/{name}": {"distance": d, "share": k} for (name, _), d, k in
-                                   zip(past, replay_info["distances"], replay_info["shares"])}
+                replay, replay_info = choose_replay(m.replay, task, past, cc, cfg.seed * 1000 + t, embeddings)
                 train = ray.get(worker.train_task.remote(t, task.name, task.train, replay))
                 out = ray.get(worker.export.remote(str(run_dir / "stages" / m.name / f"{t:02d}-{task.name}")))
                 model = out["model"] or base
@@ -200,7 +210,8 @@ def main(argv: list[str]) -> dict:
     rows = []
     for name, r in results.items():
         start, end = general_start[r["start"]]["metrics"], general_results[name]["metrics"]
-        r["general_delta"] = {k: end[k] - start[k] for k in start if k in end}
+        # Lengths and judge diagnostics (no better direction) stay in general/comparison.md, out of the table.
+        r["general_delta"] = {k: end[k] - start[k] for k in start if k in end and direction(k) != 0}
         rows.append(report.method_row(name, r["R"], r["b"], r["general_delta"], r["seconds"]))
     paths = report.write_table(rows, run_dir, cc.score)
     report.plot_matrices({n: r["R"] for n, r in results.items()}, names, run_dir / "matrices.png")
