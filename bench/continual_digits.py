@@ -55,7 +55,7 @@ class BenchConfig:
     batch_size: int = 32
     hidden: int = 512
     """Hidden width. EWC needs slack: at 256 units nearly every weight matters to the first task and EWC helps
-    little (ACC 60 vs naive 56 on permuted digits, seed 0); at 512 and 1000 it clearly does."""
+    little (permuted digits, seed 0, lam 1000, 5 epochs: ACC 58.6 vs naive 55.6); at 512 and 1000 it clearly does."""
     memory: int = 200
     """Examples remembered in total by replay, GEM/A-GEM (memory / n_tasks per task) and iCaRL."""
     ewc_lambda: float = 3000.0
