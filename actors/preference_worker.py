@@ -7,8 +7,8 @@ and call the math in ``learners.dpo`` / ``learners.reward_model``; they hold no 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import random
 from pathlib import Path
 
 import ray
@@ -144,7 +144,8 @@ class DPOWorker:
 
         self.opt.zero_grad(set_to_none=True)
         m = self._pass(rows, refs, train=True)
-        m["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.cfg.train.max_grad_norm).item()
+        params = trainable_parameters(self.model)
+        m["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm).item()
         self.opt.step()
         self.sched.step()
         m["lr"] = self.sched.get_last_lr()[0]
@@ -191,7 +192,6 @@ class RewardModelWorker:
         self.device = next(self.rm.parameters()).device
         self.params = [p for p in self.rm.parameters() if p.requires_grad]
         self.opt, self.sched = _optimizer(self.params, cfg, self.r.lr or cfg.train.lr, total_steps)
-        self.rng = random.Random(cfg.seed)
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _scores(self, prompts: list, responses: list[str]) -> torch.Tensor:
@@ -224,11 +224,13 @@ class RewardModelWorker:
         kind = self.data_kind(rows[0])
         if kind == "pairs":
             B = len(rows)
-            s = self._scores([r["prompt"] for r in rows] * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+            s = self._scores([r["prompt"] for r in rows] * 2,
+                             [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
             rc, rr = s[:B], s[B:]
             margin = None
             if self.r.margin_scale:
-                margin = self.r.margin_scale * torch.tensor([float(r.get("margin", 0.0)) for r in rows], device=self.device)
+                gaps = [float(r.get("margin", 0.0)) for r in rows]
+                margin = self.r.margin_scale * torch.tensor(gaps, device=self.device)
             return bradley_terry_loss(rc, rr, margin, self.r.center_coef), {"chosen": rc, "rejected": rr}
         if kind == "labels":
             s = self._scores([r["prompt"] for r in rows], [r["completion"] for r in rows])
@@ -273,12 +275,14 @@ class RewardModelWorker:
             v, z = cat("steps"), cat("step_labels")
             per_row = [n for t in keep for n in t["per_row"]]
             m["step_accuracy"] = ((v > 0) == z).float().mean().item()
-            # A solution is judged right when its reduced step score is positive; compare with "all steps true".
+            # A solution is judged right when its reduced score says so (a logit > 0, or for ``prod`` a probability
+            # > 1/2 that every step is right); the truth is "all its steps are labelled true".
+            threshold = math.log(0.5) if self.r.process_reduce == "prod" else 0.0
             sols, truth, k = [], [], 0
             for n in per_row:
-                sols.append(process_score(v[k:k + n], self.r.process_reduce).item() > (
-                    0.0 if self.r.process_reduce != "prod" else torch.log(torch.tensor(0.5)).item()))
-                truth.append(bool(z[k:k + n].all()))
+                if n:  # a solution whose steps were all cut by max_len has nothing to judge
+                    sols.append(process_score(v[k:k + n], self.r.process_reduce).item() > threshold)
+                    truth.append(bool(z[k:k + n].all()))
                 k += n
             m["solution_accuracy"] = sum(a == b for a, b in zip(sols, truth)) / max(1, len(sols))
             m["accuracy"] = m["step_accuracy"]

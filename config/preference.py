@@ -42,7 +42,8 @@ class DPOConfig:
     rollout_prompts: int = 64
     """train=rollouts: prompts sampled (rollout.n_samples completions each)."""
     pair_mode: Literal["best_worst", "all"] = "best_worst"
-    """Rated samples and scored rollouts -> pairs: best vs worst of each prompt, or every pair further apart than min_gap."""
+    """Rated samples and scored rollouts -> pairs: best vs worst of each prompt, or every pair further apart than
+    min_gap."""
     min_gap: float = 0.0
     """Smallest rating/score difference that makes a pair."""
     near_dedup: float = 0.0
@@ -60,7 +61,8 @@ class DPOConfig:
 
     def __post_init__(self):
         check(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
-        check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing",
+              f"must be in [0, 0.5), got {self.label_smoothing}")
         check(self.label_smoothing == 0 or self.loss == "cdpo", "dpo.label_smoothing",
               f"only the cdpo loss uses it; set dpo.loss=cdpo or dpo.label_smoothing=0 (loss is {self.loss})")
         check(0 <= self.heldout_fraction < 1, "dpo.heldout_fraction", "must be in [0, 1)")

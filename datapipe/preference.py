@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 from datapipe.rows import Row, RowError, origin_of
 
-PAIR_FORMATS = ("prompt/chosen/rejected (strings or chat messages), chosen/rejected conversations sharing their prompt, "
-                "or prompt/completion/rating rated samples")
+PAIR_FORMATS = ("prompt/chosen/rejected (strings or chat messages), chosen/rejected conversations sharing their "
+                "prompt, or prompt/completion/rating rated samples")
 
 
 # --------------------------------------------------------------------------------------------- normalising
@@ -113,7 +113,8 @@ def prompt_key(prompt: str | list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------ building pairs
 def pairs_from_groups(prompts: Sequence, completions: Sequence[Sequence[str]], scores: Sequence[Sequence[float | None]],
-                      min_gap: float = 0.0, mode: str = "best_worst", origins: Sequence | None = None) -> tuple[list[Row], dict]:
+                      min_gap: float = 0.0, mode: str = "best_worst",
+                      origins: Sequence | None = None) -> tuple[list[Row], dict]:
     """Pairs from groups of scored responses to the same prompt (scored rollouts, rated samples).
 
     ``best_worst``: one pair per group, the highest-scored response against the lowest (as in iterative /
@@ -221,7 +222,9 @@ def clean_pairs(rows, max_chars: int | None = None) -> tuple[list[Row], dict]:
 
 
 def pair_text(row: dict) -> str:
-    p = row["prompt"] if isinstance(row["prompt"], str) else "\n".join(f"{m['role']}: {m['content']}" for m in row["prompt"])
+    p = row["prompt"]
+    if not isinstance(p, str):
+        p = "\n".join(f"{m['role']}: {m['content']}" for m in p)
     return f"{p}\nchosen: {row['chosen']}\nrejected: {row['rejected']}"
 
 
@@ -245,7 +248,8 @@ def split_heldout(rows: list, fraction: float, seed: int = 0) -> tuple[list, lis
     keys = sorted({prompt_key(r["prompt"]) for r in rows})
     random.Random(seed).shuffle(keys)
     held = set(keys[:max(1, round(fraction * len(keys)))]) if fraction > 0 and len(keys) > 1 else set()
-    return [r for r in rows if prompt_key(r["prompt"]) not in held], [r for r in rows if prompt_key(r["prompt"]) in held]
+    train = [r for r in rows if prompt_key(r["prompt"]) not in held]
+    return train, [r for r in rows if prompt_key(r["prompt"]) in held]
 
 
 # ------------------------------------------------------------------------------------------ built-in data
@@ -274,14 +278,14 @@ def arithmetic_rated_samples(n_prompts: int, seed: int = 0, heldout: bool = Fals
 
 
 def arithmetic_steps(n: int, seed: int = 0, heldout: bool = False, n_terms: int = 4,
-                     errors: tuple[str, ...] = ("carry", "sum")) -> list[Row]:
+                     errors: tuple[str, ...] = ("carry",)) -> list[Row]:
     """Step-labelled solutions of running sums for a process RM: ``a+b+c+d`` solved as ``a+b=s1``, ``s1+c=s2``, ...
 
     In half of them one step is wrong and the solution stops there, as PRM800K's labels stop at the first error
     (Lightman et al. 2023); the steps before it are labelled true. A wrong step either carries a wrong running
-    total into its left operand (``carry``: the step's own sum is right, but it does not continue the previous
-    step) or gets its sum wrong (``sum``). Only the step itself and the ones before it tell the two apart, so a
-    step score must look back along the solution."""
+    total into its left operand (``carry``: its own sum is right, but it does not continue the previous step, so
+    a step score must look back along the solution) or gets its sum wrong (``sum``: judging it takes arithmetic,
+    which the tiny built-in models do not learn in a short run, so the default asks for ``carry`` only)."""
     rng = random.Random(seed * 11 + 5 + int(heldout))
     rows = []
     for i in range(n):
@@ -324,7 +328,8 @@ def normalize_steps(rows) -> tuple[list[Row], dict]:
             _drop(dropped, examples, "unusable_row", f"{where}: steps must be non-empty strings and labels true/false")
         else:
             try:
-                kept.append(_row({"prompt": _prompt(row["prompt"], where), "completions": steps, "labels": labels}, row))
+                data = {"prompt": _prompt(row["prompt"], where), "completions": steps, "labels": labels}
+                kept.append(_row(data, row))
             except RowError as e:
                 _drop(dropped, examples, "unusable_row", str(e))
     return kept, _report(len(rows), kept, dropped, examples)
@@ -384,7 +389,8 @@ def encode_policy_pair(tokenizer, row: dict, max_len: int) -> dict:
         full = {k: ids(prompt + ends[k]) for k in ends}
     else:
         p = ids(messages=prompt, gen=True)
-        full = {k: ids(messages=list(prompt) + [{"role": "assistant", "content": row[k]}]) for k in ("chosen", "rejected")}
+        full = {k: ids(messages=list(prompt) + [{"role": "assistant", "content": row[k]}])
+                for k in ("chosen", "rejected")}
     n = min(common_prefix_length(p, full["chosen"]), common_prefix_length(p, full["rejected"]))
     out = {}
     for k, seq in full.items():
@@ -593,5 +599,6 @@ def prepare_rows(spec: str, kind: str = "pairs", heldout_spec: str = "", heldout
     seen = {json.dumps(dict(r), sort_keys=True, ensure_ascii=False, default=str) for r in train}
     before = len(heldout)
     heldout = [r for r in heldout if json.dumps(dict(r), sort_keys=True, ensure_ascii=False, default=str) not in seen]
-    return train, heldout, {"kind": kind, "train": report, "heldout": hrep, "heldout_overlap_dropped": before - len(heldout),
+    return train, heldout, {"kind": kind, "train": report, "heldout": hrep,
+                            "heldout_overlap_dropped": before - len(heldout),
                             "train_rows": len(train), "heldout_rows": len(heldout)}

@@ -129,8 +129,9 @@ def main(argv: list[str]) -> dict:
                 raise ValueError(f"sampling gave only {len(pairs)} usable pairs ({data_report.get('dropped')}); raise "
                                  "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
         else:
-            train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction, d.builtin_prompts,
-                                                       cfg.seed, d.pair_mode, d.min_gap, d.near_dedup, d.max_chars)
+            train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction,
+                                                       d.builtin_prompts, cfg.seed, d.pair_mode, d.min_gap,
+                                                       d.near_dedup, d.max_chars)
         if not heldout:
             raise ValueError(f"no held-out pairs from {d.train}: give dpo.heldout or raise dpo.heldout_fraction")
         data_s = time.time() - t0
@@ -145,7 +146,8 @@ def main(argv: list[str]) -> dict:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
                 raise ValueError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                 f"{len(train)} training rows; resume with the same data settings or pick a new run_name")
+                                 f"{len(train)} training rows; resume with the same data settings or pick a new "
+                                 "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
             start = meta["step"]
 
@@ -192,7 +194,8 @@ def main(argv: list[str]) -> dict:
             m = ray.get(learner.train_step.remote(batch, batch_refs))
             dt = time.time() - t0
             train_s += dt
-            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt, "perf/pairs_per_s": len(batch) / dt})
+            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt,
+                               "perf/pairs_per_s": len(batch) / dt})
             if (step + 1) % d.eval_every == 0 or step + 1 == steps:
                 evaluate(step + 1)
             if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
@@ -217,8 +220,10 @@ def main(argv: list[str]) -> dict:
             "stage": "dpo", "loss": d.loss, "beta": d.beta, "reference": d.reference, "steps": steps,
             "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout), "adapter": adapter,
             "heldout_before": first, "heldout_after": last,
-            "heldout_accuracy_before": first["rewards/accuracies"], "heldout_accuracy_after": last["rewards/accuracies"],
-            "heldout_logp_accuracy_before": first["logps/accuracy"], "heldout_logp_accuracy_after": last["logps/accuracy"],
+            "heldout_accuracy_before": first["rewards/accuracies"],
+            "heldout_accuracy_after": last["rewards/accuracies"],
+            "heldout_logp_accuracy_before": first["logps/accuracy"],
+            "heldout_logp_accuracy_after": last["logps/accuracy"],
             "heldout_margin_before": first["rewards/margins"], "heldout_margin_after": last["rewards/margins"],
             "data": data_report, "seconds": {"data": data_s, "reference": ref_s, "train": train_s},
         }

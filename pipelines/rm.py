@@ -91,7 +91,8 @@ def main(argv: list[str]) -> dict:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
                 raise ValueError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                 f"{len(train)} training rows; resume with the same data settings or pick a new run_name")
+                                 f"{len(train)} training rows; resume with the same data settings or pick a new "
+                                 "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
             start = meta["step"]
 
@@ -124,7 +125,8 @@ def main(argv: list[str]) -> dict:
             m = ray.get(learner.train_step.remote(batch))
             dt = time.time() - t0
             train_s += dt
-            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt, "perf/rows_per_s": len(batch) / dt})
+            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt,
+                               "perf/rows_per_s": len(batch) / dt})
             if (step + 1) % r.eval_every == 0 or step + 1 == steps:
                 evaluate(step + 1)
             if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:

@@ -160,7 +160,8 @@ def test_reference_is_the_sft_model_when_starting_from_an_sft_adapter(tiny_model
 def test_precomputed_and_online_reference_give_the_same_step(tiny_model_dir):
     from actors.preference_worker import DPOWorker
 
-    rows = [{"prompt": f"{a}+{b}=", "chosen": f"{a + b}", "rejected": f"{a + b + 2}"} for a, b in [(1, 1), (2, 5), (3, 3)]]
+    rows = [{"prompt": f"{a}+{b}=", "chosen": f"{a + b}", "rejected": f"{a + b + 2}"}
+            for a, b in [(1, 1), (2, 5), (3, 3)]]
     a = DPOWorker(str(tiny_model_dir), _cfg(**{"dpo.loss": "ipo"}), total_steps=2)
     b = DPOWorker(str(tiny_model_dir), _cfg(**{"dpo.loss": "ipo", "dpo.reference": "online"}), total_steps=2)
     ma = a.train_step(rows, a.reference_logps(rows))
@@ -178,8 +179,8 @@ def _load_pipeline(name: str):
 
 def test_short_dpo_run_raises_heldout_accuracy_and_margin(ray_local, tmp_path, cache_dir):
     dpo = _load_pipeline("dpo")
-    args = [f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=dpo", "model.preset=tiny", "data.warm_start_steps=0",
-            "progress=false",
+    args = [f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=dpo", "model.preset=tiny",
+            "data.warm_start_steps=0", "progress=false",
             "tensorboard=false", "train.steps=4", "dpo.lr=2e-3", "dpo.eval_every=2", "dpo.builtin_prompts=150",
             "dpo.batch_size=16", "train.micro_batch_size=16", "checkpoint.every=2"]
     s = dpo.main(args)

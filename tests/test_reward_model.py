@@ -123,7 +123,8 @@ def test_process_and_labelled_outcome_learners_train(tiny_model_dir):
     from datapipe.preference import arithmetic_steps
 
     steps = [dict(r) for r in arithmetic_steps(16, seed=0)]
-    labelled = [{"prompt": f"What is {a}+1?", "completion": str(a + 1 + (a % 2)), "label": a % 2 == 0} for a in range(16)]
+    labelled = [{"prompt": f"What is {a}+1?", "completion": str(a + 1 + (a % 2)), "label": a % 2 == 0}
+                for a in range(16)]
     for kind, rows in (("process", steps), ("outcome", labelled)):
         cfg = config.load(config.Config, "tiny-cpu", ["model.preset=tiny", f"rm.kind={kind}", "rm.lr=3e-3",
                                                       "train.micro_batch_size=16"])
