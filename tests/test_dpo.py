@@ -116,6 +116,21 @@ def test_matches_trl_dpo_trainer(trl_setup, rows, tmp_path):
         assert abs(trl_loss - {"sigmoid": math.log(2), "hinge": 1.0, "ipo": (1 / 0.6) ** 2}[loss_type]) > 1e-3
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("dpo.loss=kto", "dpo.loss: 'kto' is not one of ['sigmoid', 'ipo', 'hinge', 'cdpo']"),
+    ("dpo.label_smoothing=0.1", "dpo.label_smoothing: only the cdpo loss uses it"),
+    ("dpo.beta=0", "dpo.beta: must be > 0"),
+    ("rm.backbone=bert", "rm.backbone: 'bert' is not one of ['qwen', 'minilm']"),
+    ("rm.margin_scale=-1", "rm.margin_scale: must be >= 0"),
+])
+def test_bad_preference_config_names_the_key(override, fragment):
+    import config
+
+    with pytest.raises(config.ConfigError) as e:
+        config.load(config.Config, "tiny-cpu", [override])
+    assert fragment in str(e.value)
+
+
 def _cfg(**over):
     import config
 
