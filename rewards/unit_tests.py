@@ -139,13 +139,15 @@ def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, 
         return PASS, details
     if "test_failed" in names:
         return FAIL, {**details, "reason": "a test failed"}
+    if run.memory_limit_hit:
+        # Before the wall clock: the cgroup's OOM killer may take only some of the tree (a forked child)
+        # and leave the rest sleeping into the wall-clock limit; the program still broke its memory limit.
+        return RUNTIME_ERROR, {**details, "reason": "memory limit"}
     if run.wall_timeout:
         return TIMEOUT, {**details, "reason": f"wall-clock limit of {limits.wall_s:g} s"}
-    if run.signal in (24, 9) and not run.memory_limit_hit and "solution_error" not in names:
+    if run.signal in (24, 9) and "solution_error" not in names:
         # SIGXCPU at the soft CPU limit, SIGKILL at the hard one
         return TIMEOUT, {**details, "reason": f"CPU limit of {limits.cpu_s} s"}
-    if run.memory_limit_hit:
-        return RUNTIME_ERROR, {**details, "reason": "memory limit"}
     if "exited_early" in names or "solution_error" in names:
         reason = "exited before the tests finished" if "exited_early" in names else "the solution raised"
         return RUNTIME_ERROR, {**details, "reason": reason}
