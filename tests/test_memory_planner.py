@@ -82,8 +82,12 @@ def _cfg(name: str, *over: str) -> Config:
     return load(Config, name, list(over))
 
 
+OLD_4080 = ("rollout.gpu_memory_utilization=0.35", "train.micro_batch_size=4")  # the first preset, which did not fit
+
+
 def test_rtx4080_preset_verdict_names_what_to_change():
-    plan = plan_memory(_cfg("rtx4080"), QWEN3_4B, "rtx4080")
+    assert plan_memory(_cfg("rtx4080"), QWEN3_4B, "rtx4080").fits  # the shipped preset
+    plan = plan_memory(_cfg("rtx4080", *OLD_4080), QWEN3_4B, "rtx4080")
     assert not plan.fits
     engine, learner = plan.problems
     assert "rollout.gpu_memory_utilization=0.35" in engine and "at least 0.60" in engine
@@ -97,12 +101,12 @@ def test_rtx4080_preset_verdict_names_what_to_change():
 
 
 def test_largest_batch_and_sequence_are_the_edges_of_fitting():
-    plan = plan_memory(_cfg("rtx4080"), QWEN3_4B, "rtx4080")
+    plan = plan_memory(_cfg("rtx4080", *OLD_4080), QWEN3_4B, "rtx4080")
     mb, seq = plan.largest_micro_batch, plan.largest_seq_len
     assert mb >= 1 and seq >= 1
 
     def learner_ok(*over):
-        p = plan_memory(_cfg("rtx4080", "rollout.gpu_memory_utilization=0.65", *over), QWEN3_4B, "rtx4080")
+        p = plan_memory(_cfg("rtx4080", *OLD_4080, "rollout.gpu_memory_utilization=0.65", *over), QWEN3_4B, "rtx4080")
         return not any(x.startswith("training") for x in p.problems)
 
     assert learner_ok(f"train.micro_batch_size={mb}") and not learner_ok(f"train.micro_batch_size={mb + 1}")
@@ -140,7 +144,7 @@ def test_user_errors_say_what_to_change(tmp_path):
 
 
 def test_command_line(capsys):
-    assert main(["config=rtx4080", "--gpu", "rtx4080"]) == 1
+    assert main(["config=rtx4080", "--gpu", "rtx4080", *OLD_4080]) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "4.022B parameters" in out
     assert main(["config=rtx4080", "rollout.gpu_memory_utilization=0.65", "train.micro_batch_size=2"]) == 0
