@@ -25,6 +25,8 @@ class RolloutEngine:
         if device == "cpu":
             # vLLM's CPU backend sizes its KV cache from this variable (GiB), not from a GPU fraction.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+        # vLLM logs five INFO lines per sleep/wake cycle, i.e. every step; VLLM_LOGGING_LEVEL=INFO brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         self.cfg = cfg
@@ -40,6 +42,12 @@ class RolloutEngine:
             if bound is None:
                 raise ValueError(f"model.lora.r={max_lora_rank} is above vLLM's largest LoRA rank (512)")
             kwargs.update(enable_lora=True, max_lora_rank=bound, max_loras=1, max_cpu_loras=2)
+        if device == "cpu":
+            # A prompt prefilled in chunks has its sampled token discarded, and vLLM then rewinds the request's
+            # seeded generator (set_offset), which CPU generators lack: the engine died with "CPU Generator
+            # does not use offset" once a step's prompts outgrew the token budget (32 prompts x 8 samples).
+            # Whole prompts only: no chunk, no rewind.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 8192))
         if cfg.sleep_between_phases and device == "gpu":
             kwargs["enable_sleep_mode"] = True
         self.llm = LLM(**kwargs)
@@ -89,9 +97,13 @@ class RolloutEngine:
         temperature = c.temperature if temperature is None else temperature
         if temperature == 0 and n > 1:
             raise ValueError("greedy decoding (temperature 0) needs n=1")
-        sp = SamplingParams(n=n, max_tokens=max_tokens or c.max_new_tokens, temperature=temperature,
-                            top_p=c.top_p if top_p is None else top_p, stop=stop if stop is not None else (c.stop or None),
-                            logprobs=0, seed=seed)
+        kw = dict(n=n, max_tokens=max_tokens or c.max_new_tokens, temperature=temperature,
+                  top_p=c.top_p if top_p is None else top_p, stop=stop if stop is not None else (c.stop or None),
+                  logprobs=0)
+        # Distinct seeds for every sample: vLLM seeds sample j of a prompt with seed + j, so prompt i gets
+        # seed + i * n. One seed for the batch gave sample j of every group the same random stream (and seed + i
+        # per prompt the same streams shifted by one): correlated groups, and GRPO learned nothing.
+        sp = SamplingParams(**kw) if seed is None else [SamplingParams(**kw, seed=seed + i * n) for i in range(len(prompts))]
         inputs = [TokensPrompt(prompt_token_ids=list(p)) if not isinstance(p, str) else p for p in prompts]
         self._ensure_awake()
         t0 = time.time()

@@ -154,7 +154,7 @@ def main(argv: list[str]) -> dict:
 
     def launch_generate(step: int, k: int = 0):
         rows = batch_rows(step, k)
-        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=cfg.seed * 100003 + step * R + k)
+        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step * R + k) << 20)  # the engine adds prompt and sample offsets
 
     def score(rows, samples) -> dict:
         return ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],

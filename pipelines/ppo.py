@@ -153,7 +153,7 @@ def main(argv: list[str]) -> dict:
         t_step = time.time()
         # 1. generate: n samples per prompt from the current adapter
         rows = [train_rows[order[(step * P + i) % len(order)]] for i in range(P)]
-        gen = ray.get(rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=cfg.seed * 100003 + step))
+        gen = ray.get(rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step) << 20))  # the engine adds prompt and sample offsets
         t_gen = time.time() - t_step
         if colocate_sleep:
             rollout.sleep.remote()
