@@ -44,6 +44,11 @@ def test_sync_check_catches_a_stale_adapter(ray_local, tiny_model_dir, tmp_path)
     assert gen["adapter_version"] == 0 and len(gen["samples"]) == 2 and all(len(g) == 4 for g in gen["samples"])
     samples = [s for g in gen["samples"] for s in g]
     assert all(len(s["logprobs"]) == len(s["token_ids"]) for s in samples)
+    # Seeded sampling: reproducible, and every sample of the batch has its own stream (the same prompt twice
+    # gives two different groups; a batch-wide seed gave them the same samples, which starved GRPO).
+    again = ray.get(rollout.generate.remote([prompt, prompt], n=4, max_tokens=8, seed=0))
+    assert [s["token_ids"] for g in again["samples"] for s in g] == [s["token_ids"] for s in samples]
+    assert [s["token_ids"] for s in gen["samples"][0]] != [s["token_ids"] for s in gen["samples"][1]]
     stats = ray.get(learner.step.remote([prompt] * 8, [s["token_ids"] for s in samples],
                                         [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], [0, 0, 0, 0, 1, 1, 1, 1]))
     assert stats["version"] == 1 and stats["grad_norm"] > 0
