@@ -1,6 +1,7 @@
 """The learner role: a 4-bit NF4 base + LoRA (QLoRA), LoRA or full model, its optimizer, and the RL step.
 
-The reference policy is the same base with the adapter switched off (no second model). Math comes from
+The reference policy is the same base with the adapter switched off (no second model), or a frozen
+adapter on that base (``model.reference_adapter``: the SFT adapter when RL starts from a DPO adapter). Math comes from
 learners/; this class holds state and moves data.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from learners.algorithms import resolve
 from learners.kl_control import make_kl_controller
-from learners.models import export_engine_base, is_lora, load_policy, reference_mode, save_adapter
+from learners.models import add_reference_adapter, export_engine_base, is_lora, load_policy, reference_mode, save_adapter
 from learners.step import batched_logprobs, build_sequences, make_scheduler, pad_supervised, policy_update, prepare_batch
 
 
@@ -30,7 +31,11 @@ class LearnerWorker:
         self.algo = resolve(algo_cfg)
         self.train_cfg = train_cfg
         self.model, self.tokenizer = load_policy(model_path, model_cfg.finetune, model_cfg.lora, model_cfg.dtype,
+                                                 adapter_path=model_cfg.adapter or None,
                                                  gradient_checkpointing=model_cfg.gradient_checkpointing)
+        if model_cfg.adapter or model_cfg.reference_adapter:
+            # The anchor is the model the stage starts from (or the one named), not the bare base.
+            add_reference_adapter(self.model, model_cfg.reference_adapter or None)
         if not is_lora(self.model) and self.algo.kl_coef > 0:
             raise ValueError("model.finetune=full with algo.kl_coef > 0 needs a separate reference model; "
                              "use qlora/lora (reference = adapter off) or set algo.kl_coef=0")

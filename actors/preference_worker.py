@@ -6,7 +6,6 @@ and call the math in ``learners.dpo`` / ``learners.reward_model``; they hold no 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
@@ -48,7 +47,7 @@ class DPOWorker:
     """
 
     def __init__(self, model_path: str, cfg: Config, total_steps: int):
-        from learners.models import load_policy, trainable_parameters
+        from learners.models import add_reference_adapter, load_policy, trainable_parameters
 
         if cfg.model.finetune == "full":
             raise ValueError("model.finetune=full keeps no reference copy in the DPO learner; use qlora or lora "
@@ -61,26 +60,13 @@ class DPOWorker:
                                            gradient_checkpointing=cfg.model.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
         if self.d.sft_adapter:
-            self.model.add_adapter("ref", self.model.peft_config["default"])
-            for name, p in self.model.named_parameters():
-                if ".default." in name:
-                    self.model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(p.data)
+            add_reference_adapter(self.model)  # a frozen copy of the SFT adapter anchors the KL
         self.opt, self.sched = _optimizer(trainable_parameters(self.model), cfg, self.d.lr or cfg.train.lr, total_steps)
 
-    @contextlib.contextmanager
     def _reference(self):
         from learners.models import reference_mode
 
-        if "ref" in self.model.peft_config:
-            prev = self.model.active_adapter
-            self.model.set_adapter("ref")
-            try:
-                yield
-            finally:
-                self.model.set_adapter(prev)
-        else:
-            with reference_mode(self.model):
-                yield
+        return reference_mode(self.model)
 
     def _logps(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence log-probs ([2B]: chosen then rejected) and completion lengths under the current weights."""

@@ -91,6 +91,11 @@ class ModelConfig:
     """Adapter shape."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, more time)."""
+    adapter: str = ""
+    """A saved PEFT adapter to start training from (e.g. the DPO stage's); empty: a fresh adapter."""
+    reference_adapter: str = ""
+    """The KL reference of RL stages: a saved PEFT adapter on the same base, frozen (e.g. the SFT adapter).
+    Empty: the base with the adapter switched off, or, when `adapter` is set, a frozen copy of it."""
 
 
 @dataclass

@@ -81,13 +81,61 @@ def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def lora_rank(cfg_model) -> int:
+    """The largest LoRA rank a run serves: ``model.lora.r``, or the saved adapter's own when it starts from one."""
+    import json
+
+    r = cfg_model.lora.r
+    if cfg_model.adapter and Path(cfg_model.adapter, "adapter_config.json").exists():
+        r = max(r, int(json.loads(Path(cfg_model.adapter, "adapter_config.json").read_text()).get("r", r)))
+    return r
+
+
+REFERENCE_ADAPTER = "ref"
+
+
+def add_reference_adapter(model, adapter_path: str | os.PathLike | None = None) -> None:
+    """Freeze an adapter as the reference policy under the name ``ref``: the saved adapter at ``adapter_path``
+    (e.g. the SFT adapter when RL starts from a DPO adapter), or else a copy of the adapter being trained
+    (when the run starts from a saved adapter, the model it starts from is the anchor, as TRL does it)."""
+    if not is_lora(model):
+        raise ValueError("a reference adapter needs a LoRA model (model.finetune=qlora or lora)")
+    if adapter_path:
+        if not Path(adapter_path, "adapter_config.json").exists():
+            raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (model.reference_adapter wants a folder "
+                                    "with adapter_config.json)")
+        model.load_adapter(str(adapter_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    else:
+        model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
+        for name, p in model.named_parameters():
+            if ".default." in name:
+                model.get_parameter(name.replace(".default.", f".{REFERENCE_ADAPTER}.")).data.copy_(p.data)
+    for name, p in model.named_parameters():
+        if f".{REFERENCE_ADAPTER}." in name:
+            p.requires_grad_(False)
+
+
 @contextlib.contextmanager
 def reference_mode(model) -> Iterator[None]:
-    """Run ``model`` as the reference policy: the same base with the LoRA adapter switched off."""
+    """Run ``model`` as the reference policy: the frozen ``ref`` adapter if the model has one
+    (``add_reference_adapter``), else the same base with the LoRA adapter switched off (no second copy)."""
     if not is_lora(model):
         raise ValueError("reference_mode needs a LoRA model; a full fine-tune keeps a separate reference copy")
-    with model.disable_adapter():
+    if REFERENCE_ADAPTER not in model.peft_config:
+        with model.disable_adapter():
+            yield
+        return
+    prev = model.active_adapter
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
         yield
+    finally:
+        model.set_adapter(prev)  # peft's set_adapter flips requires_grad: restore exactly what trained before
+        for name, p in model.named_parameters():
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -98,7 +146,10 @@ def save_adapter(model, out_dir: str | os.PathLike) -> Path:
     """Save the adapter in PEFT format (loadable by peft and by vLLM's LoRARequest); full models save whole."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    if is_lora(model):  # only the trained adapter: a frozen reference adapter stays with the learner
+        model.save_pretrained(str(out), safe_serialization=True, selected_adapters=["default"])
+    else:
+        model.save_pretrained(str(out), safe_serialization=True)
     return out
 
 

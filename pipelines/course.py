@@ -12,8 +12,9 @@ and gives it back when it ends.
 
     base --sft.py--> SFT adapter                       sft       = base + SFT adapter
          --dpo.py, starting from the SFT adapter,
-           reference = the SFT model-->                dpo       = base + DPO adapter  (merged: the DPO model)
-         --grpo.py on the DPO model-->                 grpo      = DPO model + RL adapter (merged: the RL model)
+           reference = the SFT model-->                dpo       = base + DPO adapter
+         --grpo.py, starting from the DPO adapter,
+           reference = the SFT model-->                grpo      = base + RL adapter (merged: the RL model)
          --continual.py on the RL model: a new
            instruction task, SFT data replayed-->      continual = RL model + continual adapter
 
@@ -127,12 +128,12 @@ def main(argv: list[str]) -> dict:
     # 4. DPO from the SFT adapter; its reference is the SFT model (the adapter's frozen copy).
     d = run_stage("dpo.py", args("dpo", **{"model.path": base, "dpo.sft_adapter": s["adapter"]}), course_dir / "dpo", env)
     evaluate("dpo", base, d["adapter"])
-    dpo_model = merge_adapter(base, d["adapter"], course_dir / "models" / "dpo")
 
-    # 5. GRPO on the DPO model (its KL reference is the model it starts from: see docs/continual_llm.md).
-    g = run_stage("grpo.py", args("grpo", **{"model.path": dpo_model}), course_dir / "grpo", env)
+    # 5. GRPO from the DPO adapter on the same base; its KL reference is the SFT adapter (frozen in the learner).
+    g = run_stage("grpo.py", args("grpo", **{"model.path": base, "model.adapter": d["adapter"],
+                                             "model.reference_adapter": s["adapter"]}), course_dir / "grpo", env)
     engine_base = course_dir / "grpo" / "engine_base"  # the dequantised base a QLoRA learner trained on
-    grpo_base = str(engine_base) if (engine_base / "config.json").exists() else dpo_model
+    grpo_base = str(engine_base) if (engine_base / "config.json").exists() else base
     evaluate("grpo", grpo_base, g["final_adapter"])
     rl_model = merge_adapter(grpo_base, g["final_adapter"], course_dir / "models" / "grpo")
 

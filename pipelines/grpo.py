@@ -29,7 +29,7 @@ from cluster import actor_options, connect, make_placement_group, plan_resources
 from config import Config, load, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
-from learners.models import load_tokenizer  # noqa: E402
+from learners.models import load_tokenizer, lora_rank  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
 from tasks.prompts import load_prompts  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> dict:
     reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
     rollout = RolloutActor.options(**actor_options(plan, pg, "rollout")).remote(
-        engine_base, cfg.rollout, max_lora_rank=cfg.model.lora.r, dtype=cfg.model.dtype, device=cfg.cluster.device)
+        engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype, device=cfg.cluster.device)
 
     # Resume from the last complete checkpoint, if asked and present.
     start = 0

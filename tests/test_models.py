@@ -2,9 +2,12 @@
 and vLLM's CPU engine."""
 import json
 
+import pytest
 import torch
 
-from config import LoraConfig
+from pathlib import Path
+
+from config import Config, LoraConfig, load
 
 
 def test_factory_is_deterministic_and_sized(tmp_path):
@@ -52,3 +55,60 @@ def test_qlora_loads_in_4bit_and_takes_a_backward_step(tiny_model_dir):
     with torch.no_grad(), reference_mode(model):
         ref = sequence_logprobs(model, ids, att)
     assert torch.allclose(ref, before, atol=1e-5)  # adapter off = the untouched base
+
+
+def _saved_adapter(model_dir, out, seed):
+    """A LoRA adapter with random (non-zero) B, so that it changes the model's logprobs."""
+    from learners.models import load_policy, save_adapter
+
+    torch.manual_seed(seed)
+    model, _ = load_policy(str(model_dir), "lora", dtype="float32")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return save_adapter(model, out), model
+
+
+def test_learner_starts_from_one_adapter_and_anchors_to_another(tiny_model_dir, tmp_path):
+    """RL after DPO: train from the DPO adapter, KL to the SFT adapter; only the trained one moves or leaves."""
+    from actors.learner import LearnerWorker
+    from learners.step import build_sequences
+
+    start, start_model = _saved_adapter(tiny_model_dir, tmp_path / "dpo", 1)
+    ref, ref_model = _saved_adapter(tiny_model_dir, tmp_path / "sft", 2)
+    cfg = load(Config, "tiny-cpu", ["model.finetune=lora", f"model.adapter={start}", f"model.reference_adapter={ref}",
+                                    "train.lr=0.05"])
+    w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    seq = [[1, 5, 9, 13, 17, 21, 25]]
+    ids, att, _ = build_sequences(seq, [[]], w.pad_id)
+    from learners.step import batched_logprobs
+    with torch.no_grad():
+        want_policy = batched_logprobs(start_model, ids, att, 8)
+        want_ref = batched_logprobs(ref_model, ids, att, 8)
+        assert torch.allclose(torch.tensor(w.probe_logprobs(seq)["logprobs"][0]), want_policy[0, :6], atol=1e-5)
+        assert torch.allclose(w._ref_logprobs(ids, att), want_ref, atol=1e-5)
+        assert not torch.allclose(want_policy, want_ref, atol=1e-3)
+    ref_before = {n: p.clone() for n, p in w.model.named_parameters() if ".ref." in n}
+    out = w.step([[1, 5, 9]] * 4, [[13, 17, 21, 25]] * 2 + [[30, 31, 32, 33]] * 2, [1.0, 1.0, 0.0, 0.0], [0, 0, 0, 0])
+    assert out["kl"] > 0  # policy and reference differ from the first step
+    assert all(torch.equal(p, ref_before[n]) for n, p in w.model.named_parameters() if ".ref." in n)
+    assert not any(p.requires_grad for n, p in w.model.named_parameters() if ".ref." in n)
+    assert all(p.requires_grad for n, p in w.model.named_parameters() if ".default." in n and "lora_" in n)
+    exported = Path(w.export_adapter(str(tmp_path / "out"))["path"])
+    assert (exported / "adapter_model.safetensors").exists() and not (exported / "ref").exists()
+
+
+def test_learner_started_from_an_adapter_anchors_to_it(tiny_model_dir, tmp_path):
+    from actors.learner import LearnerWorker
+    from learners.step import batched_logprobs, build_sequences
+
+    start, _ = _saved_adapter(tiny_model_dir, tmp_path / "dpo", 1)
+    cfg = load(Config, "tiny-cpu", ["model.finetune=lora", f"model.adapter={start}"])
+    w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    ids, att, _ = build_sequences([[1, 5, 9, 13, 17]], [[]], w.pad_id)
+    with torch.no_grad():
+        assert torch.allclose(w._ref_logprobs(ids, att), batched_logprobs(w.model, ids, att, 8), atol=1e-6)
+    bad = load(Config, "tiny-cpu", ["model.finetune=lora", f"model.reference_adapter={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match="model.reference_adapter"):
+        LearnerWorker(str(tiny_model_dir), bad.model, bad.algo, bad.train, 0)
