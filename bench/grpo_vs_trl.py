@@ -1,7 +1,7 @@
 """Seconds per GRPO step: this project (Ray + vLLM CPU engine + QLoRA learner) vs TRL's GRPOTrainer,
 on the same model, prompts, group size, completion length, reward and LoRA shape, one after the other.
 
-    .venv/bin/python bench/grpo_vs_trl.py [--steps 6] [--preset mini] [--warm 300]
+    .venv/bin/python bench/grpo_vs_trl.py [--steps 6] [--preset tiny] [--warm 120] [--prompts 32]
 
 Step 0 of each is warm-up and not counted. The last line printed is a JSON object with
 ours_s_per_step, trl_s_per_step and ratio (trl / ours: > 1 means ours is faster).
@@ -81,13 +81,13 @@ def run_trl(args, model_path: str, out: Path) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=6, help="timed steps (after one warm-up step)")
-    ap.add_argument("--preset", default="mini")
-    ap.add_argument("--warm", type=int, default=300, help="warm-start steps (so both learn from a non-zero reward)")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--warm", type=int, default=120, help="warm-start steps (so both learn from a non-zero reward)")
+    ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--beta", type=float, default=0.02)
     ap.add_argument("--finetune", default="qlora", choices=["qlora", "lora"])
     args = ap.parse_args()
