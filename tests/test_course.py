@@ -39,7 +39,9 @@ def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path):
 
     st = s["stages"]
     assert stage_cfg("dpo")["dpo"]["sft_adapter"] == st["sft"]["adapter"]  # DPO starts from SFT, SFT is its reference
-    assert stage_cfg("grpo")["model"]["path"] == str(course / "models" / "dpo")  # RL starts from the DPO model
+    grpo = stage_cfg("grpo")["model"]  # RL trains from the DPO adapter on the base; the SFT adapter is its reference
+    assert grpo["adapter"] == st["dpo"]["adapter"] and grpo["reference_adapter"] == st["sft"]["adapter"]
+    assert grpo["path"] == st["base"]["model"]
     cont = stage_cfg("continual")
     assert cont["model"]["path"] == str(course / "models" / "grpo")
     assert cont["continual"]["memory"] == list(stage_cfg("sft")["sft"]["sources"])  # the SFT data is replayed
