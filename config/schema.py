@@ -97,6 +97,11 @@ class ModelConfig:
     """The KL reference of RL stages: a saved PEFT adapter on the same base, frozen (e.g. the SFT adapter).
     Empty: the base with the adapter switched off, or, when `adapter` is set, a frozen copy of it."""
 
+    def __post_init__(self):
+        for key in ("adapter", "reference_adapter"):
+            check(not getattr(self, key) or self.finetune != "full", f"model.{key}",
+                  "needs model.finetune=qlora or lora (a full fine-tune has no adapter)")
+
 
 @dataclass
 class RolloutConfig:

@@ -67,6 +67,9 @@ def attach_lora(model, lora=None, adapter_path: str | os.PathLike | None = None)
     for p in model.parameters():
         p.requires_grad_(False)
     if adapter_path:
+        if not Path(adapter_path, "adapter_config.json").exists():
+            raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (model.adapter and dpo.sft_adapter want a folder with "
+                                    "adapter_config.json, e.g. a stage's adapters/vNNNNNN)")
         return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
     if lora is None:
         from config import LoraConfig

@@ -112,3 +112,9 @@ def test_learner_started_from_an_adapter_anchors_to_it(tiny_model_dir, tmp_path)
     bad = load(Config, "tiny-cpu", ["model.finetune=lora", f"model.reference_adapter={tmp_path / 'none'}"])
     with pytest.raises(FileNotFoundError, match="model.reference_adapter"):
         LearnerWorker(str(tiny_model_dir), bad.model, bad.algo, bad.train, 0)
+    bad = load(Config, "tiny-cpu", ["model.finetune=lora", f"model.adapter={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match="model.adapter"):
+        LearnerWorker(str(tiny_model_dir), bad.model, bad.algo, bad.train, 0)
+    from config import ConfigError
+    with pytest.raises(ConfigError, match="model.adapter: needs model.finetune=qlora or lora"):
+        load(Config, "tiny-cpu", ["model.finetune=full", f"model.adapter={start}"])
