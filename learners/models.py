@@ -67,9 +67,7 @@ def attach_lora(model, lora=None, adapter_path: str | os.PathLike | None = None)
     for p in model.parameters():
         p.requires_grad_(False)
     if adapter_path:
-        if not Path(adapter_path, "adapter_config.json").exists():
-            raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (model.adapter and dpo.sft_adapter want a folder with "
-                                    "adapter_config.json, e.g. a stage's adapters/vNNNNNN)")
+        _require_adapter(adapter_path, "model.adapter and dpo.sft_adapter")
         return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
     if lora is None:
         from config import LoraConfig
@@ -82,6 +80,12 @@ def attach_lora(model, lora=None, adapter_path: str | os.PathLike | None = None)
 
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def _require_adapter(path: str | os.PathLike, keys: str) -> None:
+    if not Path(path, "adapter_config.json").exists():
+        raise FileNotFoundError(f"no PEFT adapter at {path} ({keys}: a folder with adapter_config.json, "
+                                "e.g. a stage's adapters/vNNNNNN)")
 
 
 def lora_rank(cfg_model) -> int:
@@ -104,9 +108,7 @@ def add_reference_adapter(model, adapter_path: str | os.PathLike | None = None) 
     if not is_lora(model):
         raise ValueError("a reference adapter needs a LoRA model (model.finetune=qlora or lora)")
     if adapter_path:
-        if not Path(adapter_path, "adapter_config.json").exists():
-            raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (model.reference_adapter wants a folder "
-                                    "with adapter_config.json)")
+        _require_adapter(adapter_path, "model.reference_adapter")
         model.load_adapter(str(adapter_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     else:
         model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
@@ -135,7 +137,7 @@ def reference_mode(model) -> Iterator[None]:
         yield
     finally:
         model.set_adapter(prev)  # peft's set_adapter flips requires_grad: restore exactly what trained before
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.requires_grad_(False)
         for p in trainable:
             p.requires_grad_(True)
