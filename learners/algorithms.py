@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from config import ConfigError
+
 BASE = {"policy_loss": "ppo_clip", "loss_agg": "token-mean", "clip_low": 0.2, "clip_high": 0.2, "kl_mode": "loss",
         "norm_adv_by_std": True, "dynamic_sampling": False, "overlong_filter": False}
 
@@ -53,7 +55,7 @@ def resolve(algo, max_new_tokens: int | None = None):
     from learners.policy_loss import AGGREGATIONS, POLICY_LOSSES
 
     if algo.name not in ALGORITHMS:
-        raise ValueError(f"algo.name={algo.name!r} is not known; choose one of {sorted(ALGORITHMS)}")
+        raise ConfigError(f"algo.name={algo.name!r} is not known; choose one of {sorted(ALGORITHMS)}")
     d = {**BASE, **ALGORITHMS[algo.name]}
     filled = {k: d[k] for k in d if getattr(algo, k) in (None, "")}
     if algo.kl_estimator is None:
@@ -63,5 +65,5 @@ def resolve(algo, max_new_tokens: int | None = None):
     out = replace(algo, **filled)
     for key, known in (("adv_estimator", ADV_ESTIMATORS), ("policy_loss", POLICY_LOSSES), ("loss_agg", AGGREGATIONS)):
         if getattr(out, key) not in known:
-            raise ValueError(f"algo.{key}={getattr(out, key)!r} is not known; choose one of {sorted(known)}")
+            raise ConfigError(f"algo.{key}={getattr(out, key)!r} is not known; choose one of {sorted(known)}")
     return out

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config import Config, ConfigError, load, to_dict  # noqa: E402
+from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 
 STAGES = ("sft", "dpo", "grpo", "continual")
 
@@ -157,12 +157,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    import ray
-
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    run_cli(main)

@@ -126,14 +126,14 @@ def main(argv: list[str]) -> dict:
             data_report["dedup"] = rep
             train, heldout = split_heldout(pairs, d.heldout_fraction, cfg.seed)
             if not train or not heldout:
-                raise ValueError(f"sampling gave only {len(pairs)} usable pairs ({data_report.get('dropped')}); raise "
+                raise config.ConfigError(f"sampling gave only {len(pairs)} usable pairs ({data_report.get('dropped')}); raise "
                                  "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
         else:
             train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction,
                                                        d.builtin_prompts, cfg.seed, d.pair_mode, d.min_gap,
                                                        d.near_dedup, d.max_chars)
         if not heldout:
-            raise ValueError(f"no held-out pairs from {d.train}: give dpo.heldout or raise dpo.heldout_fraction")
+            raise config.ConfigError(f"no held-out pairs from {d.train}: give dpo.heldout or raise dpo.heldout_fraction")
         data_s = time.time() - t0
 
         # 4. The learner actor.
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> dict:
         if ckpt is not None:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
-                raise ValueError(f"resume=true but {ckpt} was trained on other data than this run's "
+                raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
                                  f"{len(train)} training rows; resume with the same data settings or pick a new "
                                  "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
@@ -237,12 +237,9 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    import ray
+    import config
 
-    try:
-        s = main(sys.argv[1:])
-        print(json.dumps({k: s[k] for k in ("heldout_accuracy_before", "heldout_accuracy_after",
-                                            "heldout_logp_accuracy_before", "heldout_logp_accuracy_after",
-                                            "heldout_margin_before", "heldout_margin_after", "adapter")}, indent=2))
-    finally:
-        ray.shutdown()
+    s = config.run_cli(main)
+    print(json.dumps({k: s[k] for k in ("heldout_accuracy_before", "heldout_accuracy_after",
+                                        "heldout_logp_accuracy_before", "heldout_logp_accuracy_after",
+                                        "heldout_margin_before", "heldout_margin_after", "adapter")}, indent=2))

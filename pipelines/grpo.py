@@ -26,7 +26,7 @@ from actors.reward import RewardActor  # noqa: E402
 from actors.rollout import RolloutActor  # noqa: E402
 from actors.sync import verify_sync  # noqa: E402
 from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
-from config import Config, load, to_dict  # noqa: E402
+from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> dict:
     cfg = load(Config, "tiny-cpu", argv)
     algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)  # a wrong algorithm name fails here, before the cluster
     if algo.adv_estimator in NEEDS_CRITIC:
-        raise ValueError(f"algo.name={cfg.algo.name} (advantages {algo.adv_estimator!r}) needs a critic: run pipelines/ppo.py")
+        raise ConfigError(f"algo.name={cfg.algo.name} (advantages {algo.adv_estimator!r}) needs a critic: run pipelines/ppo.py")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -261,4 +261,4 @@ def _progress(cfg: Config, start: int):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

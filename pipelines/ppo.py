@@ -29,7 +29,7 @@ from actors.learner import LearnerActor  # noqa: E402
 from actors.reward import RewardActor  # noqa: E402
 from actors.rollout import RolloutActor  # noqa: E402
 from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
-from config import Config, load, to_dict  # noqa: E402
+from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
 from pipelines.grpo import encode_prompts, heldout_reward, prepare_model, sync_adapter  # noqa: E402
@@ -67,11 +67,11 @@ def ptx_rows(cfg: Config, tok) -> list[dict]:
         rows = [{"messages": r["prompt"] + [{"role": "assistant", "content": solution(r)}]}
                 for r in make_rows(512, seed=cfg.seed + 2000)]
     else:
-        raise ValueError("algo.ptx_coef > 0 needs supervised data: set algo.ptx_data to a messages or "
+        raise ConfigError("algo.ptx_coef > 0 needs supervised data: set algo.ptx_data to a messages or "
                          "prompt/completion file")
     kept, report = tokenize_rows(rows, tok, cfg.rollout.max_model_len)
     if not kept:
-        raise ValueError(f"algo.ptx_data={cfg.algo.ptx_data!r} gave no usable row ({report['dropped']})")
+        raise ConfigError(f"algo.ptx_data={cfg.algo.ptx_data!r} gave no usable row ({report['dropped']})")
     return kept
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> dict:
     cfg = load(Config, "tiny-cpu", ["algo.name=ppo", *argv])
     algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)
     if algo.adv_estimator not in NEEDS_CRITIC:
-        raise ValueError(f"pipelines/ppo.py trains a critic for GAE; algo.name={cfg.algo.name} (advantages "
+        raise ConfigError(f"pipelines/ppo.py trains a critic for GAE; algo.name={cfg.algo.name} (advantages "
                          f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,4 +240,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

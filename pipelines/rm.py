@@ -73,7 +73,7 @@ def main(argv: list[str]) -> dict:
     train, heldout, data_report = prepare_rows(spec, kind, r.heldout, r.heldout_fraction, r.builtin_size, cfg.seed,
                                                r.pair_mode, r.min_gap, r.near_dedup, r.max_chars)
     if not heldout:
-        raise ValueError(f"no held-out rows for {spec}: give rm.heldout or raise rm.heldout_fraction")
+        raise config.ConfigError(f"no held-out rows for {spec}: give rm.heldout or raise rm.heldout_fraction")
     data_s = time.time() - t0
 
     # 3. Cluster and the learner actor.
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> dict:
         if ckpt is not None:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
-                raise ValueError(f"resume=true but {ckpt} was trained on other data than this run's "
+                raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
                                  f"{len(train)} training rows; resume with the same data settings or pick a new "
                                  "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
@@ -173,11 +173,8 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    import ray
+    import config
 
-    try:
-        s = main(sys.argv[1:])
-        print(json.dumps({k: s[k] for k in ("kind", "backbone", "heldout_accuracy_before", "heldout_accuracy_after",
-                                            "export_max_abs_diff", "reward_model")}, indent=2))
-    finally:
-        ray.shutdown()
+    s = config.run_cli(main)
+    print(json.dumps({k: s[k] for k in ("kind", "backbone", "heldout_accuracy_before", "heldout_accuracy_after",
+                                        "export_max_abs_diff", "reward_model")}, indent=2))

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
     if not data.heldout:
-        raise ValueError("no held-out samples: raise sft.heldout_fraction or give more data")
+        raise config.ConfigError("no held-out samples: raise sft.heldout_fraction or give more data")
 
     # 2. One learner actor in the placement group (the same code on a laptop, a 4080 or a cluster).
     started_ray = not ray.is_initialized()
@@ -82,7 +82,7 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
     if ckpt is not None:
         meta = ray.get(worker.load_checkpoint.remote(str(ckpt)))
         if meta.get("data_hash") != data_hash:
-            raise ValueError(f"the training data differ from those of checkpoint {ckpt} (sources, cleaning or seed "
+            raise config.ConfigError(f"the training data differ from those of checkpoint {ckpt} (sources, cleaning or seed "
                              "changed); resume with the same sft.* and seed, or start a new run_name")
         start = meta["step"]
         print(f"resuming from {ckpt} at step {start}", flush=True)
@@ -131,4 +131,4 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    config.run_cli(main)

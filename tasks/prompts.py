@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
-    """The dataset cannot be used as configured; the message names the file, row or field."""
+class DatasetError(ConfigError):
+    """The dataset cannot be used as configured (data.train / data.heldout); the message names the file, row or
+    field. A ConfigError, so a pipeline reports it as the user's input, not as a crash."""
 
 
 def _read(spec: str):

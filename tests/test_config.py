@@ -50,3 +50,24 @@ def test_bad_yaml_file(tmp_path):
     p.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(Config, str(p))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["algo=dappo"], "algo.name='dappo' is not known; choose one of"),          # learners.algorithms.resolve
+    (["algo=ppo"], "needs a critic: run pipelines/ppo.py"),                     # the wrong script for the algorithm
+    (["data.train=/no/such/file.jsonl"], "data file /no/such/file.jsonl does not exist"),  # tasks.prompts
+    (["train.lr=fast"], "train.lr"),                                            # the loader
+])
+def test_pipeline_reports_bad_input_without_a_traceback(args, fragment):
+    """A user's mistake ends the job script with 'config error: ...' and exit status 1, before any cluster or
+    model starts -- not with a Python traceback (the way it reads under `ray job submit`, too)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(repo / "pipelines" / "grpo.py"), *args], capture_output=True, text=True,
+                       timeout=120, cwd=repo)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("config error: ") and fragment in p.stderr, p.stderr
