@@ -75,6 +75,11 @@ class LearnerWorker:
         metrics.update(info, kl_coef=kl_coef)
         self.version += 1
         metrics.update(time_logprobs=t_logp, time_update=time.time() - t0 - t_logp, version=self.version)
+        if torch.cuda.is_available():
+            # Colocated, vLLM wakes next on this GPU: hand back the allocator's cached activation blocks, which
+            # this process would otherwise keep reserved (the planner budgets the learner's peak, not its cache).
+            metrics["learner_gpu_reserved_gb"] = torch.cuda.memory_reserved() / 2**30
+            torch.cuda.empty_cache()
         return metrics
 
     def _ref_logprobs(self, ids, att):
