@@ -3,6 +3,11 @@
 The reference policy is the same base with the adapter switched off (no second model), or a frozen
 adapter on that base (``model.reference_adapter``: the SFT adapter when RL starts from a DPO adapter). Math comes from
 learners/; this class holds state and moves data.
+
+``cluster.learner.count`` > 1: :class:`LearnerGroup` (driver side) starts that many actors, joins them in a
+torch.distributed group (cluster/distributed.py) and gives each a shard of whole groups per step; the actors'
+:class:`GroupReducer` makes every normaliser and the gradient the global batch's, so the replicas stay identical
+and rank 0 speaks for them (adapter export, sync probe, checkpoints).
 """
 from __future__ import annotations
 
@@ -15,10 +20,34 @@ import numpy as np
 import ray
 import torch
 
+from cluster import actor_options
+from cluster.distributed import (all_gather_objects, all_sum_tensor, allreduce_grads, broadcast_params, init_group,
+                                 rendezvous)
 from learners.algorithms import resolve
 from learners.kl_control import make_kl_controller
 from learners.models import add_reference_adapter, export_engine_base, is_lora, load_policy, reference_mode, save_adapter
-from learners.step import batched_logprobs, build_sequences, make_scheduler, pad_supervised, policy_update, prepare_batch
+from learners.step import (LOCAL, LocalReducer, batched_logprobs, build_sequences, make_scheduler, pad_supervised,
+                           policy_update, prepare_batch)
+
+
+class GroupReducer(LocalReducer):
+    """learners.step's reducer over the learners' process group: sums go through all-reduce, gradients are summed
+    (each micro-batch is already weighted by its share of the global minibatch), and a step's metrics are
+    combined -- shares summed, the rest (identical on every rank) taken from rank 0."""
+
+    def __init__(self, world: int):
+        self.world = world
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return all_sum_tensor(x)
+
+    def grads(self, params) -> None:
+        allreduce_grads(params, average=False)
+
+    def merge(self, metrics: dict, additive: set[str]) -> dict:
+        ranks = all_gather_objects((metrics, sorted(additive)))
+        keys = set().union(*(set(a) for _, a in ranks))
+        return {**ranks[0][0], **{k: sum(m.get(k, 0.0) for m, _ in ranks) for k in keys}}
 
 
 class LearnerWorker:
@@ -46,6 +75,20 @@ class LearnerWorker:
         self.kl_ctl = make_kl_controller(self.algo.kl_ctrl, self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
         self.version = 0  # adapter version of the current weights; the untrained adapter is version 0
         self.pad_id = self.tokenizer.pad_token_id
+        self.reducer: LocalReducer = LOCAL
+
+    # -- data parallel ---------------------------------------------------------------------------------
+    def rendezvous(self) -> tuple[str, int]:
+        """(address, free port) on this actor's node, for rank 0 to host the group."""
+        return rendezvous()
+
+    def join_group(self, rank: int, world: int, addr: str, port: int, backend: str = "auto") -> str:
+        """Become ``rank`` of ``world`` data-parallel learners and take rank 0's adapter (the seeds' LoRA
+        initialisations differ otherwise); returns the backend (gloo on CPU, NCCL on GPU)."""
+        backend = init_group(rank, world, addr, port, backend)
+        broadcast_params(self.params, src=0)
+        self.reducer = GroupReducer(world)
+        return backend
 
     # -- rollouts in, update out ----------------------------------------------------------------------
     def step(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rewards: list[float],
@@ -65,13 +108,13 @@ class LearnerWorker:
         kl_coef = self.kl_ctl.value
         batch, info = prepare_batch(self.model, prompt_ids, completion_ids, rewards, group_ids, self.algo,
                                     self.train_cfg, self.pad_id, kl_coef, self._ref_logprobs, behaviour_logprobs,
-                                    values, truncated)
+                                    values, truncated, self.reducer)
         t_logp = time.time() - t0
         ptx_batch = pad_supervised(ptx["input_ids"], ptx["labels"], self.pad_id) if ptx else None
         metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg,
-                                self.params, kl_coef=kl_coef, ptx=ptx_batch)
-        if "kl_seq" in info:
-            self.kl_ctl.update(info["kl_seq"], len(batch))
+                                self.params, kl_coef=kl_coef, ptx=ptx_batch, reducer=self.reducer)
+        if "kl_seq" in info:  # the global batch's KL and size, so every rank's controller moves alike
+            self.kl_ctl.update(info["kl_seq"], int(self.reducer.sum(torch.tensor(float(len(batch)))).item()))
         metrics.update(info, kl_coef=kl_coef)
         self.version += 1
         metrics.update(time_logprobs=t_logp, time_update=time.time() - t0 - t_logp, version=self.version)
@@ -134,3 +177,51 @@ class LearnerWorker:
 
 
 LearnerActor = ray.remote(LearnerWorker)
+
+
+def shard_by_group(group_ids: list[int], world: int) -> list[list[int]]:
+    """Sample indices for ``world`` learners: whole groups (group-relative advantages need all of a group),
+    consecutive groups per rank, group counts differing by at most one. Needs at least ``world`` groups."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    if len(groups) < world:
+        raise ValueError(f"{len(groups)} groups cannot feed {world} data-parallel learners (each needs one at least)")
+    order = list(groups.values())
+    bounds = [round(r * len(order) / world) for r in range(world + 1)]
+    return [[i for grp in order[bounds[r]:bounds[r + 1]] for i in grp] for r in range(world)]
+
+
+class LearnerGroup:
+    """``cluster.learner.count`` learner actors used as one learner by a pipeline (one code path from one learner
+    to many). ``rank0`` is an actor handle like any LearnerActor: adapter export, the sync probe and checkpoints
+    go to it. :meth:`step` shards the batch by group; :meth:`load_state` reaches every rank."""
+
+    def __init__(self, plan, pg, model_path: str, model_cfg, algo_cfg, train_cfg, seed: int = 0,
+                 total_steps: int | None = None):
+        places = plan.of("learner")
+        self.actors = [LearnerActor.options(**actor_options(plan, pg, "learner", p.index)).remote(
+            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=max(1, int(p.num_cpus * 2)))
+            for p in places]
+        self.rank0 = self.actors[0]
+        self.world = len(self.actors)
+        self.backend = None
+        if self.world > 1:
+            addr, port = ray.get(self.rank0.rendezvous.remote())
+            self.backend = ray.get([a.join_group.remote(r, self.world, addr, port)
+                                    for r, a in enumerate(self.actors)])[0]
+
+    def step(self, prompt_ids: list, completion_ids: list, rewards: list, group_ids: list, **per_sample) -> dict:
+        """LearnerWorker.step on every rank with its shard (per-sample lists in ``per_sample`` are sharded too;
+        None stays None); returns the metrics, which the ranks have already combined."""
+        if self.world == 1:
+            return ray.get(self.rank0.step.remote(prompt_ids, completion_ids, rewards, group_ids, **per_sample))
+        refs = []
+        for actor, idx in zip(self.actors, shard_by_group(group_ids, self.world)):
+            pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+            refs.append(actor.step.remote(pick(prompt_ids), pick(completion_ids), pick(rewards), pick(group_ids),
+                                          **{k: pick(v) for k, v in per_sample.items()}))
+        return ray.get(refs)[0]
+
+    def load_state(self, ckpt_dir: str) -> int:
+        return ray.get([a.load_state.remote(ckpt_dir) for a in self.actors])[0]

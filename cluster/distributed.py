@@ -144,6 +144,30 @@ def all_sum(value: float) -> float:
     return float(t.item())
 
 
+def all_sum_tensor(x: torch.Tensor) -> torch.Tensor:
+    """sum_r x^(r) elementwise over the group (in float64), returned on x's device and dtype; x itself outside a
+    group. The learners' normalisers (token counts, whitening sums) go through this."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return x
+    t = x.detach().to(_device(), torch.float64).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.to(x.device, x.dtype)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; [obj] outside a group. For small things
+    such as a step's metrics, whose keys may differ between ranks."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_params(params: Iterable[torch.nn.Parameter], src: int = 0) -> None:
     """Overwrite every rank's ``params`` with rank ``src``'s (call once after building the model, so replicas
     that initialised their adapters from different seeds start equal)."""

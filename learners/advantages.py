@@ -102,14 +102,19 @@ def leave_one_out(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor
     return adv.to(torch.float32)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce=None) -> torch.Tensor:
     """(x - mu) / sqrt(var + eps) with mu, var (unbiased) over the masked entries of the whole batch; zero off
-    the mask. With ``shift_mean=False`` the mean is added back (scale only)."""
+    the mask. With ``shift_mean=False`` the mean is added back (scale only).
+
+    ``reduce`` (a sum over data-parallel learners, each holding a shard) makes mu and var the global batch's:
+    mu = sum_r S_r / sum_r N_r, var = sum_r sum_t m (x - mu)^2 / (sum_r N_r - 1)."""
+    reduce = reduce or (lambda t: t)
     m = mask.to(torch.float64)
     xd = x.to(torch.float64)
-    n = m.sum()
-    mu = (xd * m).sum() / n.clamp(min=1)
-    var = (((xd - mu) ** 2) * m).sum() / (n - 1).clamp(min=1)
+    n = reduce(m.sum())
+    mu = reduce((xd * m).sum()) / n.clamp(min=1)
+    var = reduce((((xd - mu) ** 2) * m).sum()) / (n - 1).clamp(min=1)
     out = (xd - mu) / torch.sqrt(var + eps)
     if not shift_mean:
         out = out + mu
@@ -186,18 +191,19 @@ def rloo_advantages(token_rewards, mask, group_ids, values=None, **_):
 
 
 @register_adv_est("reinforce_pp")
-def reinforce_pp_advantages(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, **_):
+def reinforce_pp_advantages(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, reduce=None, **_):
     """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs"):
 
         G_t = sum_{s >= t} gamma^(s-t) r_s,    A_t = (G_t - mean_batch(G)) / std_batch(G)
 
     with r_t carrying the per-token KL penalty and the score on the last token; mean and std over every
     response token of the global batch (no critic, no group)."""
-    return masked_whiten(discounted_returns(token_rewards, mask, gamma), mask), None
+    return masked_whiten(discounted_returns(token_rewards, mask, gamma), mask, reduce=reduce), None
 
 
 @register_adv_est("reinforce_pp_baseline")
-def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None, *, gamma: float = 1.0, **_):
+def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None, *, gamma: float = 1.0, reduce=None,
+                                     **_):
     """REINFORCE++-baseline (Hu 2025, sec. on group sampling): subtract the group mean of the outcome score
     first, then normalise over the batch:
 
@@ -208,15 +214,16 @@ def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None
     scores = sequence_scores(token_rewards, mask)
     mean, _, _, _ = _group_stats(scores, group_ids)
     shifted = outcome_token_rewards(-mean.to(torch.float32), mask) + token_rewards
-    return masked_whiten(discounted_returns(shifted, mask, gamma), mask), None
+    return masked_whiten(discounted_returns(shifted, mask, gamma), mask, reduce=reduce), None
 
 
 @register_adv_est("gae")
-def gae_estimator(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, lam: float = 0.95, **_):
+def gae_estimator(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, lam: float = 0.95,
+                  reduce=None, **_):
     """PPO-RLHF (Ouyang et al. 2022; Ziegler et al. 2019): GAE over the response tokens with the critic's values,
     advantages then whitened over the batch (as veRL and OpenRLHF do); returns = A + V, before whitening, are
     the critic's targets."""
     if values is None:
         raise ValueError("the 'gae' advantage estimator needs the critic's values (run pipelines/ppo.py, not grpo.py)")
     adv, ret = gae_advantages(token_rewards, values, mask, gamma=gamma, lam=lam)
-    return masked_whiten(adv, mask), ret
+    return masked_whiten(adv, mask, reduce=reduce), ret

@@ -12,7 +12,31 @@ import torch
 
 from learners.advantages import get_adv_estimator, outcome_token_rewards
 from learners.logprobs import sequence_logprobs
-from learners.policy_loss import aggregate, get_policy_loss, kl_penalty, masked_mean
+from learners.policy_loss import aggregate, get_policy_loss, kl_penalty
+
+
+class LocalReducer:
+    """How the step's normalisers see the batch: here, one learner holds all of it.
+
+    Data-parallel learners (actors/learner.py: ``GroupReducer``, over cluster/distributed.py) each hold a shard of
+    whole groups and pass a reducer whose ``sum`` adds a tensor over the learners, ``grads`` sums the gradients
+    and ``merge`` combines the ranks' metrics, so that every mean below -- batch whitening, the token or sequence
+    count of a minibatch, the KL the controller tracks -- is the global batch's, and the update equals one
+    learner's on the whole batch."""
+
+    world = 1
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def grads(self, params) -> None:
+        pass
+
+    def merge(self, metrics: dict, additive: set[str]) -> dict:
+        return metrics
+
+
+LOCAL = LocalReducer()
 
 
 @dataclass
@@ -69,7 +93,8 @@ def overlong_filter(response_mask: torch.Tensor, truncated: torch.Tensor) -> tor
 
 
 def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids: torch.Tensor, algo,
-                       kl: torch.Tensor | None = None, kl_coef: float = 0.0, values: torch.Tensor | None = None):
+                       kl: torch.Tensor | None = None, kl_coef: float = 0.0, values: torch.Tensor | None = None,
+                       reducer: LocalReducer = LOCAL):
     """(advantages [B, L-1], returns [B, L-1] or None) by ``algo.adv_estimator`` (learners/advantages.py).
 
     With ``algo.kl_mode == 'reward'`` the per-token ``kl`` estimate enters the rewards as -kl_coef * KL_t
@@ -79,7 +104,7 @@ def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_
     token_rewards = outcome_token_rewards(scores.float(), response_mask, penalty, kl_coef)
     fn = get_adv_estimator(algo.adv_estimator)
     return fn(token_rewards, response_mask, group_ids, values, gamma=algo.gamma, lam=algo.lam,
-              norm_by_std=bool(algo.norm_adv_by_std))
+              norm_by_std=bool(algo.norm_adv_by_std), reduce=reducer.sum)
 
 
 @torch.no_grad()
@@ -100,14 +125,15 @@ def needs_old_logprobs(algo, train, kl_coef: float) -> bool:
 def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], scores: list[float],
                   group_ids: list[int], algo, train, pad_id: int, kl_coef: float, ref_logprobs_fn=None,
                   behaviour_logprobs: list[list[float]] | None = None, values: list[list[float]] | None = None,
-                  truncated: list[bool] | None = None) -> tuple[RLBatch, dict]:
+                  truncated: list[bool] | None = None, reducer: LocalReducer = LOCAL) -> tuple[RLBatch, dict]:
     """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
     holds ``returns`` (lists, for the critic) and the measured KL of the batch.
 
     ``ref_logprobs_fn(ids, att)`` gives the reference policy's logprobs (the learner runs the model with its
     adapter off). ``behaviour_logprobs`` are the engine's sampling logprobs, used as pi_old when the samples
-    came from an older adapter (one-step overlap).
+    came from an older adapter (one-step overlap). ``group_ids`` index groups within this batch; a data-parallel
+    shard holds whole groups (``reducer``: see :class:`LocalReducer`).
     """
     ids, att, resp = build_sequences(prompt_ids, completion_ids, pad_id)
     batch = RLBatch(ids, att, resp, torch.zeros_like(resp))
@@ -123,12 +149,13 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
     if batch.ref_logp is not None and batch.old_logp is not None:
         kl = kl_penalty(batch.old_logp, batch.ref_logp, algo.kl_estimator) * resp
         # What the adaptive controller tracks: KL(pi_old || pi_ref) per response, summed over its tokens.
-        info["kl_seq"] = kl_penalty(batch.old_logp, batch.ref_logp, "k1").mul(resp).sum(-1).mean().item()
+        kl_resp = kl_penalty(batch.old_logp, batch.ref_logp, "k1").mul(resp).sum(-1)
+        info["kl_seq"] = (reducer.sum(kl_resp.sum()) / reducer.sum(torch.tensor(float(len(kl_resp)))).clamp(min=1)).item()
         if algo.kl_mode == "reward":
             info["kl"] = aggregate(kl, resp, algo.loss_agg, algo.norm_len).item()
     v = scatter_response(prompt_ids, values, resp) if values is not None else None
     adv, returns = compute_advantages(torch.tensor(scores, dtype=torch.float32), resp, torch.tensor(group_ids),
-                                      algo, kl, kl_coef, v)
+                                      algo, kl, kl_coef, v, reducer)
     batch.advantages = adv
     if returns is not None:
         info["returns"] = gather_response(returns, prompt_ids, completion_ids)
@@ -199,37 +226,49 @@ def ptx_loss(model, ptx: dict) -> torch.Tensor:
 
 
 def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, params=None, kl_coef: float | None = None,
-                  ptx: dict | None = None) -> dict:
+                  ptx: dict | None = None, reducer: LocalReducer = LOCAL) -> dict:
     """``train.epochs`` passes over ``train.mini_batches`` shuffled minibatches; gradients accumulate over
     micro-batches of ``train.micro_batch_size``; one optimizer step per minibatch with clipping.
 
     Micro-batch losses are weighted by their share of the minibatch (tokens for token-mean, sequences
     otherwise), so accumulation gives the same gradient as one big minibatch. With ``ptx`` (a supervised
     batch: input_ids, attention_mask, labels) every optimizer step adds ``algo.ptx_coef`` times its NLL.
+
+    Data-parallel (``reducer``, see :class:`LocalReducer`): every rank cuts its shard into the same number of
+    minibatches; a micro-batch's weight is its share of the *global* minibatch (the sum over ranks of its tokens
+    or sequences) and the gradients are summed over ranks before clipping, so each optimizer step is the one a
+    single learner would take on the union of the ranks' minibatches.
     """
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     B = len(batch)
     sums: dict[str, float] = {}
+    additive: set[str] = set()  # metrics weighted by this rank's share: the global value is their sum over ranks
     n_updates = 0
     model.train()
     for _ in range(train.epochs):
         perm = torch.randperm(B)
-        for mb_idx in perm.chunk(train.mini_batches):
+        # tensor_split, not chunk: exactly train.mini_batches updates (chunk gives fewer when B is small), the
+        # same count on every data-parallel rank
+        for mb_idx in torch.tensor_split(perm, train.mini_batches):
             mb = batch.select(mb_idx)
             optimizer.zero_grad(set_to_none=True)
-            mb_tokens = mb.response_mask.sum().clamp(min=1.0)
+            mb_tokens = reducer.sum(mb.response_mask.sum().float()).clamp(min=1.0)
+            mb_seqs = reducer.sum(torch.tensor(float(len(mb)))).clamp(min=1.0)
             for i in range(0, len(mb), train.micro_batch_size):
                 sl = torch.arange(i, min(i + train.micro_batch_size, len(mb)))
                 micro = mb.select(sl)
-                w = (micro.response_mask.sum() / mb_tokens) if algo.loss_agg == "token-mean" else len(micro) / len(mb)
+                w = (micro.response_mask.sum() / mb_tokens) if algo.loss_agg == "token-mean" else len(micro) / mb_seqs
                 loss, m = rl_loss(model, micro, algo, kl_coef)
                 (loss * w).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * float(w)
+                    additive.add(k)
             if ptx is not None and algo.ptx_coef > 0:
                 lp = ptx_loss(model, ptx)
-                (algo.ptx_coef * lp).backward()
-                sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lp.item()
+                (algo.ptx_coef * lp / reducer.world).backward()  # each rank's supervised batch: their mean
+                sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lp.item() / reducer.world
+                additive.add("ptx_loss")
+            reducer.grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             optimizer.step()
             if scheduler is not None:
@@ -240,8 +279,9 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
     out["updates"] = n_updates
     out["lr"] = optimizer.param_groups[0]["lr"]
     with torch.no_grad():
-        out["adv_abs_mean"] = masked_mean(batch.advantages.abs(), batch.response_mask).item()
-    return out
+        m = batch.response_mask.float()
+        out["adv_abs_mean"] = (reducer.sum((batch.advantages.abs() * m).sum()) / reducer.sum(m.sum()).clamp(min=1.0)).item()
+    return reducer.merge(out, additive)
 
 
 def make_scheduler(optimizer, train, total_updates: int):

@@ -160,3 +160,78 @@ def test_group_errors_say_what_to_check():
         with pytest.raises(DistributedError, match="use gloo on CPU"):
             pick_backend("nccl")
         assert pick_backend() == "gloo"
+
+
+def _rl_batch(vocab: int, groups: int = 4, n: int = 3, seed: int = 0):
+    """``groups`` prompts x ``n`` completions of unequal lengths, with rewards that differ inside each group."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, completions, rewards, gids = [], [], [], []
+    for k in range(groups):
+        p = torch.randint(3, vocab, (int(torch.randint(3, 7, (1,), generator=g)),), generator=g).tolist()
+        for j in range(n):
+            L = int(torch.randint(2, 9, (1,), generator=g))
+            prompts.append(p)
+            completions.append(torch.randint(3, vocab, (L,), generator=g).tolist())
+            rewards.append(float(torch.rand((), generator=g)) + (j == 0))
+            gids.append(k)
+    return prompts, completions, rewards, gids
+
+
+@pytest.mark.parametrize("algo", [
+    ["algo.name=grpo"],  # group-normalised advantages, seq-mean-token-mean, k3 KL as a loss term
+    ["algo.name=reinforce_pp", "algo.kl_ctrl=adaptive", "algo.kl_target=0.01"],  # batch whitening, token-mean, KL in reward
+])
+def test_learner_group_steps_like_one_learner(ray_local, tiny_model_dir, algo):
+    """LearnerGroup with cluster.learner.count=2 (the path pipelines/grpo.py takes) gives each actor half of the
+    groups; after two steps of two epochs each, both replicas hold the model one LearnerWorker reaches on the
+    whole batches (global whitening, token counts, KL controller), and not the one it reaches on half."""
+    ray = ray_local
+    from actors.learner import LearnerGroup, LearnerWorker
+    from cluster import make_placement_group, plan_resources
+    from config import Config, load
+
+    cfg = load(Config, "tiny-cpu", ["cluster.learner.count=2", "cluster.learner.num_cpus=0.5", "train.epochs=2",
+                                    "train.mini_batches=1", "train.micro_batch_size=4", "train.lr=5e-3",
+                                    "algo.kl_coef=0.05", *algo])
+    plan = plan_resources(cfg.cluster, ("learner",))
+    pg = make_placement_group(plan, 60)
+    batches = [_rl_batch(vocab=400, seed=s) for s in (0, 1)]
+    probe = [b[0][i] + b[1][i] for b in batches for i in (0, 5, 10)]
+    group = LearnerGroup(plan, pg, str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, cfg.seed)
+    try:
+        assert group.world == 2 and group.backend == "gloo"
+        stats = [group.step(*b) for b in batches]
+        ranks = [ray.get(a.probe_logprobs.remote(probe))["logprobs"] for a in group.actors]
+    finally:
+        for a in group.actors:
+            ray.kill(a)
+        ray.util.remove_placement_group(pg)
+    assert ranks[0] == ranks[1]  # one reduced gradient, one AdamW step: the replicas are identical
+
+    one = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, cfg.seed)
+    start = one.probe_logprobs(probe)["logprobs"]
+    ref = [one.step(*b) for b in batches]
+    whole = one.probe_logprobs(probe)["logprobs"]
+    flat = lambda x: torch.tensor([v for row in x for v in row])  # noqa: E731
+    torch.testing.assert_close(flat(ranks[0]), flat(whole), rtol=0, atol=2e-5)
+    assert (flat(whole) - flat(start)).abs().max() > 1e-3  # the steps moved the model
+    for s, r in zip(stats, ref):  # the combined metrics are the whole batch's
+        for k in ("loss", "pg_loss", "kl_coef", "adv_abs_mean", "grad_norm"):
+            assert s[k] == pytest.approx(r[k], rel=1e-4, abs=1e-6), k
+
+    half = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, cfg.seed)
+    for b in batches:
+        half.step(*[x[:6] for x in b])
+    assert (flat(half.probe_logprobs(probe)["logprobs"]) - flat(whole)).abs().max() > 100 * 2e-5
+
+
+def test_shard_by_group_keeps_groups_whole():
+    from actors.learner import shard_by_group
+
+    gids = [0, 0, 1, 1, 1, 2, 3, 3, 4]
+    shards = shard_by_group(gids, 2)
+    assert sorted(i for s in shards for i in s) == list(range(len(gids)))
+    assert all({gids[i] for i in shards[0]}.isdisjoint({gids[i] for i in s}) for s in shards[1:])
+    assert [len({gids[i] for i in s}) for s in shards] in ([2, 3], [3, 2])
+    with pytest.raises(ValueError, match="2 groups cannot feed 3"):
+        shard_by_group([0, 0, 1], 3)
