@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ray
 
+from cluster import actor_options
 from config.schema import RolloutConfig
 
 log = logging.getLogger(__name__)
@@ -176,3 +177,38 @@ class RolloutEngine:
 
 
 RolloutActor = ray.remote(RolloutEngine)
+
+
+@ray.remote(num_cpus=0)
+def _merge_generations(*parts: dict) -> dict:
+    """One ``generate`` result from the engines' shares, prompts in their original order."""
+    return {"adapter_version": min(p["adapter_version"] for p in parts),
+            "samples": [g for p in parts for g in p["samples"]],
+            "prompt_token_ids": [x for p in parts for x in p["prompt_token_ids"]],
+            "seconds": max(p["seconds"] for p in parts), "tokens": sum(p["tokens"] for p in parts)}
+
+
+class EnginePool:
+    """``cluster.rollout.count`` engines used as one by a pipeline: :meth:`generate` gives each a contiguous
+    share of the prompts (seeds offset so that every sample keeps its own stream, as on one engine) and returns
+    one ObjectRef of the merged result; ``actors`` are the engines, for adapter loads and their sync checks."""
+
+    def __init__(self, plan, pg, model_path: str, cfg: RolloutConfig, **engine_kwargs):
+        self.actors = [RolloutActor.options(**actor_options(plan, pg, "rollout", p.index)).remote(
+            model_path, cfg, **engine_kwargs) for p in plan.of("rollout")]
+
+    def generate(self, prompts: list, n: int = 1, seed: int | None = None, **kw):
+        if len(self.actors) == 1:
+            return self.actors[0].generate.remote(prompts, n=n, seed=seed, **kw)
+        k = len(self.actors)
+        bounds = [round(r * len(prompts) / k) for r in range(k + 1)]
+        refs = [a.generate.remote(prompts[lo:hi], n=n, seed=None if seed is None else seed + lo * n, **kw)
+                for a, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        return _merge_generations.remote(*refs)
+
+    def load_adapter(self, path: str, version: int) -> None:
+        ray.get([a.load_adapter.remote(path, version) for a in self.actors])
+
+    def sleep(self) -> None:
+        for a in self.actors:
+            a.sleep.remote()

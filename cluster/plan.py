@@ -129,3 +129,14 @@ def actor_options(plan: ResourcePlan, pg, role: str, index: int = 0) -> dict:
     if p.memory_gib:
         opts["memory"] = int(p.memory_gib * 2**30)
     return opts
+
+
+def require_single(cfg, roles: tuple[str, ...], script: str) -> None:
+    """Refuse ``cluster.<role>.count`` > 1 for a pipeline that drives one actor of that role (the others would
+    hold their bundles and do nothing): the error names the key and where several are used."""
+    from config import ConfigError
+
+    for role in roles:
+        if getattr(cfg, role).count > 1:
+            raise ConfigError(f"cluster.{role}.count={getattr(cfg, role).count}: {script} drives one {role} actor; "
+                              f"set cluster.{role}.count=1 (several engines and data-parallel learners: pipelines/grpo.py)")

@@ -89,7 +89,7 @@ def main(argv: list[str]) -> dict:
     import ray
     from ray.util.placement_group import remove_placement_group
 
-    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from evalpanel import run_panel
     from evalpanel import write_table as write_general_table
     from evalpanel.report import direction
@@ -103,6 +103,7 @@ def main(argv: list[str]) -> dict:
 
     # 1. Config, stream, methods, suites: every user error surfaces here, before a model loads.
     cfg = load(Config, "tiny-cpu", argv)
+    require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/continual.py")
     _quiet()
     cc = cfg.continual
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name

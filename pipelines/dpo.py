@@ -73,7 +73,7 @@ def main(argv: list[str]) -> dict:
 
     import config
     from actors.preference_worker import DPOActor
-    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, clean_pairs, dedup_pairs, prepare_rows, split_heldout
     from runlog import RunLog, latest_checkpoint, save_checkpoint
     from runlog.checkpoints import read_meta
@@ -83,6 +83,7 @@ def main(argv: list[str]) -> dict:
 
     # 1. Config and the starting model (a given path, or a tiny model, warm-started on the built-in task if asked).
     cfg = config.load(config.Config, "tiny-cpu", argv)
+    require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/dpo.py")
     d, steps = cfg.dpo, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))

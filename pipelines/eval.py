@@ -86,7 +86,7 @@ def stop_engine(engine, pg) -> None:
 
 
 def main(argv: list[str]) -> dict:
-    from cluster import connect
+    from cluster import connect, require_single
     from evalpanel import run_panel, write_table
     from evalpanel.panel import make_judge
     from evalpanel.report import comparison, markdown
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> dict:
     from tinymodels import ensure_tiny_model
 
     cfg = load(Config, "tiny-cpu", argv)
+    require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/eval.py")
     base = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
     checkpoints = parse_checkpoints(cfg.eval.checkpoints, base)
     suites = load_suites(cfg.eval.suites, cfg.eval.limit)  # bad suites fail here, before any engine starts

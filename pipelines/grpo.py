@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from actors.learner import LearnerActor  # noqa: E402
+from actors.learner import LearnerGroup  # noqa: E402
 from actors.reward import RewardActor  # noqa: E402
-from actors.rollout import RolloutActor  # noqa: E402
+from actors.rollout import EnginePool  # noqa: E402
 from actors.sync import verify_sync  # noqa: E402
-from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
+from cluster import actor_options, connect, make_placement_group, plan_resources, require_single  # noqa: E402
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
@@ -57,28 +57,31 @@ def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
     return [tok(t, add_special_tokens=False).input_ids for t in texts]
 
 
-def heldout_reward(rollout, reward, prompt_ids, rows, max_tokens) -> float:
-    """Mean reward of greedy answers to the held-out prompts under the engine's current adapter."""
-    gen = ray.get(rollout.generate.remote(prompt_ids, n=1, max_tokens=max_tokens, temperature=0.0))
+def heldout_reward(engines: EnginePool, reward, prompt_ids, rows, max_tokens) -> float:
+    """Mean reward of greedy answers to the held-out prompts under the engines' current adapter."""
+    gen = ray.get(engines.generate(prompt_ids, n=1, max_tokens=max_tokens, temperature=0.0))
     texts = [g[0]["text"] for g in gen["samples"]]
     sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows], texts, [r["answer"] for r in rows]))
     return sum(sc["rewards"]) / len(sc["rewards"])
 
 
-def sync_adapter(rollout, learner, adapters_dir, probe_ids, tol) -> dict:
-    """Export the learner's adapter, hot-load it into the engine, and prove the engine serves it."""
+def sync_adapter(engines: EnginePool, learner, adapters_dir, probe_ids, tol) -> dict:
+    """Export the learner's adapter (rank 0's), hot-load it into every engine, and prove each one serves it."""
     t0 = time.time()
     exp = ray.get(learner.export_adapter.remote(str(adapters_dir)))
-    ray.get(rollout.load_adapter.remote(exp["path"], exp["version"]))
-    out = verify_sync(rollout, learner, probe_ids, exp["version"], tol)
-    return {**out, "time/sync": time.time() - t0, "adapter_version": exp["version"]}
+    engines.load_adapter(exp["path"], exp["version"])
+    checks = [verify_sync(e, learner, probe_ids, exp["version"], tol) for e in engines.actors]
+    return {"sync_gap_mean": max(c["sync_gap_mean"] for c in checks), "sync_gap_max": max(c["sync_gap_max"] for c in checks),
+            "time/sync": time.time() - t0, "adapter_version": exp["version"]}
 
 
-def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int) -> tuple[list[dict], dict]:
+def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int, at_least: int = 1) -> tuple[list[dict], dict]:
     """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2): keep the groups whose rewards differ (an all-equal
     group has zero advantage, so no gradient) and ``draw(round)`` more until ``want`` are kept or ``max_rounds``
-    extra rounds are spent. With none kept at all it returns the first round as it was (only KL/entropy move)."""
-    kept, dropped, rounds, first = [], 0, 0, groups
+    extra rounds are spent. With none kept at all it returns the first round as it was; with fewer than
+    ``at_least`` (one per data-parallel learner) it tops up with dropped ones, in the order drawn. Only the KL
+    and entropy terms move on such groups."""
+    kept, dropped, rounds, spare, first = [], 0, 0, [], groups
     while True:
         n = len(groups[0]["rewards"])
         same = zero_variance_groups(torch.tensor([r for g in groups for r in g["rewards"]]),
@@ -86,6 +89,7 @@ def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int) -> tu
         for i, g in enumerate(groups):
             if same[i * n]:
                 dropped += 1
+                spare.append(g)
             else:
                 kept.append(g)
         if len(kept) >= want or rounds >= max_rounds:
@@ -93,7 +97,7 @@ def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int) -> tu
         rounds += 1
         groups = draw(rounds)
     stats = {"sampling/groups_dropped": dropped, "sampling/extra_rounds": rounds, "sampling/groups_kept": min(len(kept), want)}
-    return (kept[:want] if kept else first), stats
+    return (kept[:want] + spare[: max(0, at_least - len(kept))] if kept else first), stats
 
 
 def main(argv: list[str]) -> dict:
@@ -102,6 +106,10 @@ def main(argv: list[str]) -> dict:
     algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)  # a wrong algorithm name fails here, before the cluster
     if algo.adv_estimator in NEEDS_CRITIC:
         raise ConfigError(f"algo.name={cfg.algo.name} (advantages {algo.adv_estimator!r}) needs a critic: run pipelines/ppo.py")
+    require_single(cfg.cluster, ("reward",), "pipelines/grpo.py")
+    if cfg.train.prompts_per_step < cfg.cluster.learner.count:
+        raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} < cluster.learner.count="
+                          f"{cfg.cluster.learner.count}: every data-parallel learner needs one prompt's group at least")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -122,25 +130,27 @@ def main(argv: list[str]) -> dict:
     connect(cfg.cluster)
     plan = plan_resources(cfg.cluster)
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
-    learner = LearnerActor.options(**actor_options(plan, pg, "learner")).remote(
-        model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=max(1, int(plan.of("learner")[0].num_cpus * 2)))
+    # cluster.learner.count learners form one data-parallel group (rank 0 exports and checkpoints);
+    # cluster.rollout.count engines share every batch of prompts.
+    learners = LearnerGroup(plan, pg, model_path, cfg.model, algo, cfg.train, cfg.seed)
+    learner = learners.rank0
     reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
-    rollout = RolloutActor.options(**actor_options(plan, pg, "rollout")).remote(
-        engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype, device=cfg.cluster.device)
+    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
+                         device=cfg.cluster.device)
 
     # Resume from the last complete checkpoint, if asked and present.
     start = 0
     ckpt = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if ckpt is not None:
-        ray.get(learner.load_state.remote(str(ckpt)))
+        learners.load_state(str(ckpt))
         start = read_meta(ckpt)["step"]
         print(f"[grpo] resumed from {ckpt} at step {start}", flush=True)
     # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
     log = RunLog(run_dir, cfg.tensorboard, start_step=start, config={**to_dict(cfg), "algo": to_dict(algo)})
 
-    sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
-    held_start = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+    held_start = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     if ckpt is not None:
         held_start = read_meta(ckpt).get("heldout_reward_start", held_start)
     print(f"[grpo] {plan.describe()}; held-out reward at start {held_start:.3f}", flush=True)
@@ -154,7 +164,7 @@ def main(argv: list[str]) -> dict:
 
     def launch_generate(step: int, k: int = 0):
         rows = batch_rows(step, k)
-        return rows, rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step * R + k) << 20)  # the engine adds prompt and sample offsets
+        return rows, engines.generate(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step * R + k) << 20)  # the engine adds prompt and sample offsets
 
     def score(rows, samples) -> dict:
         return ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
@@ -182,7 +192,7 @@ def main(argv: list[str]) -> dict:
         if overlap:  # generate batch t+1 with adapter t while the learner updates on batch t
             pending = launch_generate(step + 1)
         elif colocate_sleep:
-            rollout.sleep.remote()
+            engines.sleep()
 
         # 2. score: per item a reward and a status; failures cost their items, not the step
         t0 = time.time()
@@ -192,18 +202,19 @@ def main(argv: list[str]) -> dict:
         # 2b. DAPO: drop groups with all-equal rewards and draw more prompts until the batch is full (capped)
         groups, ds = as_groups(rows, gen, sc), {}
         if algo.dynamic_sampling:
-            groups, ds = dynamic_sampling(groups, lambda k: draw(step, k), P, algo.dynamic_sampling_max_rounds)
+            groups, ds = dynamic_sampling(groups, lambda k: draw(step, k), P, algo.dynamic_sampling_max_rounds,
+                                          at_least=learners.world)
         train_samples = [s for g in groups for s in g["samples"]]
 
         # 3. update: reference/old logprobs, advantages of the configured algorithm, clipped objective + KL
-        stats = ray.get(learner.step.remote(
+        stats = learners.step(
             [g["prompt_ids"] for g in groups for _ in range(n)], [s["token_ids"] for s in train_samples],
             [r for g in groups for r in g["rewards"]], [i // n for i in range(len(train_samples))],
             behaviour_logprobs=[s["logprobs"] for s in train_samples] if cfg.train.one_step_overlap else None,
-            truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None))
+            truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None)
 
         # 4. sync: move only the adapter, and check that the engine now serves it
-        sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+        sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
         if not overlap and step + 1 < cfg.train.steps:
             pending = launch_generate(step + 1)
 
@@ -237,7 +248,7 @@ def main(argv: list[str]) -> dict:
                             {"data_pos": (step + 1) * P, "heldout_reward_start": held_start}, cfg.checkpoint.keep)
     bar.close()
 
-    held_end = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    held_end = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     save_checkpoint(run_dir / "checkpoints", cfg.train.steps, lambda d: ray.get(learner.save_state.remote(str(d))),
                     {"data_pos": cfg.train.steps * P, "heldout_reward_start": held_start}, cfg.checkpoint.keep)
     rows_logged = log.read()

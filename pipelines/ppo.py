@@ -27,8 +27,8 @@ import ray  # noqa: E402
 from actors.critic import CriticActor  # noqa: E402
 from actors.learner import LearnerActor  # noqa: E402
 from actors.reward import RewardActor  # noqa: E402
-from actors.rollout import RolloutActor  # noqa: E402
-from cluster import actor_options, connect, make_placement_group, plan_resources  # noqa: E402
+from actors.rollout import EnginePool  # noqa: E402
+from cluster import actor_options, connect, make_placement_group, plan_resources, require_single  # noqa: E402
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
@@ -91,6 +91,7 @@ def main(argv: list[str]) -> dict:
     if algo.adv_estimator not in NEEDS_CRITIC:
         raise ConfigError(f"pipelines/ppo.py trains a critic for GAE; algo.name={cfg.algo.name} (advantages "
                          f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
+    require_single(cfg.cluster, ("learner", "reward"), "pipelines/ppo.py (one learner and its critic)")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -119,8 +120,8 @@ def main(argv: list[str]) -> dict:
                                                        cfg.model.dtype, algo, cfg.train, cfg.seed, num_threads=threads)
     reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
-    rollout = RolloutActor.options(**actor_options(plan, pg, "rollout")).remote(
-        engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype, device=cfg.cluster.device)
+    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
+                         device=cfg.cluster.device)
 
     start = 0
     ckpt = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
@@ -131,8 +132,8 @@ def main(argv: list[str]) -> dict:
     # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
     log = RunLog(run_dir, cfg.tensorboard, start_step=start, config={**to_dict(cfg), "algo": to_dict(algo)})
 
-    sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
-    held_start = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+    held_start = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     if ckpt is not None:
         held_start = read_meta(ckpt).get("heldout_reward_start", held_start)
     print(f"[ppo] {plan.describe()} (critic shares the learner's share: {critic_path}, {critic_finetune}); "
@@ -153,10 +154,10 @@ def main(argv: list[str]) -> dict:
         t_step = time.time()
         # 1. generate: n samples per prompt from the current adapter
         rows = [train_rows[order[(step * P + i) % len(order)]] for i in range(P)]
-        gen = ray.get(rollout.generate.remote(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step) << 20))  # the engine adds prompt and sample offsets
+        gen = ray.get(engines.generate(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step) << 20))  # the engine adds prompt and sample offsets
         t_gen = time.time() - t_step
         if colocate_sleep:
-            rollout.sleep.remote()
+            engines.sleep()
         samples = [s for group in gen["samples"] for s in group]
         prompt_ids = [p for p in gen["prompt_token_ids"] for _ in range(n)]
         completion_ids = [s["token_ids"] for s in samples]
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> dict:
         critic_ref = critic.update.remote(prompt_ids, completion_ids, stats.pop("returns"), values)
 
         # 6. sync: move only the adapter, and check that the engine now serves it
-        sync = sync_adapter(rollout, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+        sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
         crit = ray.get(critic_ref)
         t_critic = time.time() - t0
 
@@ -221,7 +222,7 @@ def main(argv: list[str]) -> dict:
             save(step + 1)
     bar.close()
 
-    held_end = heldout_reward(rollout, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
+    held_end = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     save(cfg.train.steps)
     rows_logged = log.read()
     summary = {"run_name": cfg.run_name, "algo": cfg.algo.name, "steps": cfg.train.steps, "model": model_path,

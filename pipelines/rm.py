@@ -54,7 +54,7 @@ def main(argv: list[str]) -> dict:
 
     import config
     from actors.preference_worker import RewardModelActor
-    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, prepare_rows, step_prefixes
     from runlog import RunLog, latest_checkpoint, save_checkpoint
     from runlog.checkpoints import read_meta
@@ -62,6 +62,7 @@ def main(argv: list[str]) -> dict:
 
     # 1. Config and the backbone.
     cfg = config.load(config.Config, "tiny-cpu", argv)
+    require_single(cfg.cluster, ("learner", "reward"), "pipelines/rm.py")
     r, steps = cfg.rm, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     model_path = backbone_path(cfg)

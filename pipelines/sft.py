@@ -25,12 +25,13 @@ def main(argv: list[str]) -> dict:
     from ray.util.placement_group import remove_placement_group
 
     from actors.sft_worker import SFTWorkerActor
-    from cluster import actor_options, connect, make_placement_group, plan_resources
+    from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.sft_data import build_sft_data, report_table
     from learners.models import load_tokenizer
     from tinymodels import ensure_tiny_model
 
     cfg = config.load(Config, "tiny-cpu", argv)
+    require_single(cfg.cluster, ("learner", "reward"), "pipelines/sft.py")
     s = cfg.sft
     run_dir = Path(cfg.runs_dir) / cfg.run_name
     model_path = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)

@@ -56,9 +56,32 @@ def test_dynamic_sampling_keeps_informative_groups_and_respects_the_cap():
     kept, stats = dynamic_sampling(first, draw, want=4, max_rounds=1)  # the cap: trains on the 3 it has
     assert len(kept) == 3 and drawn == [1] and stats["sampling/extra_rounds"] == 1
 
+    # one group kept, two data-parallel learners: the first dropped group tops the batch up
+    one = groups([1, 1], [0, 1], [0, 0])
+    kept, stats = dynamic_sampling(one, lambda k: groups([2, 2]), want=3, max_rounds=0, at_least=2)
+    assert [g["rewards"] for g in kept] == [[0, 1], [1, 1]] and stats["sampling/groups_kept"] == 1
+
     flat = groups([1, 1], [0, 0])
     kept, stats = dynamic_sampling(flat, lambda k: groups([2, 2], [3, 3]), want=2, max_rounds=2)
     assert kept == flat and stats["sampling/groups_kept"] == 0 and stats["sampling/groups_dropped"] == 6
+
+
+@pytest.mark.slow
+def test_grpo_with_two_learners_and_two_engines(tmp_path):
+    """cluster.learner.count=2 and cluster.rollout.count=2 through pipelines/grpo.py: the learners form a gloo
+    group (batch-whitened REINFORCE++ advantages over both shards), both engines sample and load every adapter,
+    and each engine passes the sync check against rank 0 (that the group updates like one learner is checked
+    exactly in tests/test_data_parallel.py)."""
+    rows, summary = _run("grpo.py", tmp_path, "dp", "algo=reinforce_pp", "cluster.num_cpus=3", "cluster.learner.count=2",
+                         "cluster.rollout.count=2", "checkpoint.every=0")
+    assert [r["adapter_version"] for r in rows] == [1, 2] and [r["rollout/adapter_version"] for r in rows] == [0, 1]
+    assert all(r["sync/gap_mean"] < 1e-3 and r["actor/grad_norm"] > 0 for r in rows)
+    assert summary["heldout_reward_end"] is not None and (tmp_path / "dp" / "adapters" / "v000002").exists()
+
+    # a pipeline that drives one learner says so instead of leaving the second one idle
+    out = subprocess.run([sys.executable, str(REPO / "pipelines" / "ppo.py"), "cluster.learner.count=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "cluster.learner.count=2: pipelines/ppo.py" in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.slow
