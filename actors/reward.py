@@ -9,6 +9,7 @@ import time
 
 import ray
 
+from cluster import actor_options
 from rewards.base import Item
 
 
@@ -58,3 +59,32 @@ class RewardWorker:
 
 
 RewardActor = ray.remote(RewardWorker)
+
+
+def merge_scores(parts: list[dict]) -> dict:
+    """One ``score`` result from the shares of several reward actors, items in their original order; a
+    scorer's mean is weighted by each share's size."""
+    sizes = [len(p["rewards"]) for p in parts]
+    total = max(1, sum(sizes))
+    names = parts[0]["per_scorer"] if parts else {}
+    return {"rewards": [r for p in parts for r in p["rewards"]], "statuses": [s for p in parts for s in p["statuses"]],
+            "per_scorer": {n: sum(p["per_scorer"][n] * k for p, k in zip(parts, sizes)) / total for n in names},
+            "failed": sum(p["failed"] for p in parts), "seconds": max((p["seconds"] for p in parts), default=0.0)}
+
+
+class RewardPool:
+    """``cluster.reward.count`` reward actors used as one: :meth:`score` gives each a contiguous share of the
+    items and returns the merged result (blocking)."""
+
+    def __init__(self, plan, pg, reward_cfg):
+        self.actors = [RewardActor.options(**actor_options(plan, pg, "reward", p.index)).remote(reward_cfg)
+                       for p in plan.of("reward")]
+
+    def score(self, prompts: list[str], completions: list[str], references: list) -> dict:
+        k = len(self.actors)
+        if k == 1:
+            return ray.get(self.actors[0].score.remote(prompts, completions, references))
+        b = [round(r * len(prompts) / k) for r in range(k + 1)]
+        refs = [a.score.remote(prompts[lo:hi], completions[lo:hi], references[lo:hi])
+                for a, lo, hi in zip(self.actors, b, b[1:]) if hi > lo]
+        return merge_scores(ray.get(refs))

@@ -22,10 +22,10 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from actors.learner import LearnerGroup  # noqa: E402
-from actors.reward import RewardActor  # noqa: E402
+from actors.reward import RewardPool  # noqa: E402
 from actors.rollout import EnginePool  # noqa: E402
 from actors.sync import verify_sync  # noqa: E402
-from cluster import actor_options, connect, make_placement_group, plan_resources, require_single  # noqa: E402
+from cluster import connect, make_placement_group, plan_resources  # noqa: E402
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
@@ -57,11 +57,11 @@ def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
     return [tok(t, add_special_tokens=False).input_ids for t in texts]
 
 
-def heldout_reward(engines: EnginePool, reward, prompt_ids, rows, max_tokens) -> float:
+def heldout_reward(engines: EnginePool, reward: RewardPool, prompt_ids, rows, max_tokens) -> float:
     """Mean reward of greedy answers to the held-out prompts under the engines' current adapter."""
     gen = ray.get(engines.generate(prompt_ids, n=1, max_tokens=max_tokens, temperature=0.0))
     texts = [g[0]["text"] for g in gen["samples"]]
-    sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows], texts, [r["answer"] for r in rows]))
+    sc = reward.score([str(r["prompt"]) for r in rows], texts, [r["answer"] for r in rows])
     return sum(sc["rewards"]) / len(sc["rewards"])
 
 
@@ -106,7 +106,6 @@ def main(argv: list[str]) -> dict:
     algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)  # a wrong algorithm name fails here, before the cluster
     if algo.adv_estimator in NEEDS_CRITIC:
         raise ConfigError(f"algo.name={cfg.algo.name} (advantages {algo.adv_estimator!r}) needs a critic: run pipelines/ppo.py")
-    require_single(cfg.cluster, ("reward",), "pipelines/grpo.py")
     if cfg.train.prompts_per_step < cfg.cluster.learner.count:
         raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} < cluster.learner.count="
                           f"{cfg.cluster.learner.count}: every data-parallel learner needs one prompt's group at least")
@@ -134,7 +133,7 @@ def main(argv: list[str]) -> dict:
     # cluster.rollout.count engines share every batch of prompts.
     learners = LearnerGroup(plan, pg, model_path, cfg.model, algo, cfg.train, cfg.seed)
     learner = learners.rank0
-    reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
+    reward = RewardPool(plan, pg, cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
     engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
                          device=cfg.cluster.device)
@@ -167,8 +166,8 @@ def main(argv: list[str]) -> dict:
         return rows, engines.generate(encode_prompts(tok, rows), n=n, seed=(cfg.seed * 100003 + step * R + k) << 20)  # the engine adds prompt and sample offsets
 
     def score(rows, samples) -> dict:
-        return ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
-                                           [r["answer"] for r in rows for _ in range(n)]))
+        return reward.score([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
+                            [r["answer"] for r in rows for _ in range(n)])
 
     def as_groups(rows, gen, sc) -> list[dict]:
         return [{"row": r, "prompt_ids": p, "samples": g, "rewards": sc["rewards"][i * n:(i + 1) * n]}

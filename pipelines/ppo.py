@@ -26,7 +26,7 @@ import ray  # noqa: E402
 
 from actors.critic import CriticActor  # noqa: E402
 from actors.learner import LearnerActor  # noqa: E402
-from actors.reward import RewardActor  # noqa: E402
+from actors.reward import RewardPool  # noqa: E402
 from actors.rollout import EnginePool  # noqa: E402
 from cluster import actor_options, connect, make_placement_group, plan_resources, require_single  # noqa: E402
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> dict:
     if algo.adv_estimator not in NEEDS_CRITIC:
         raise ConfigError(f"pipelines/ppo.py trains a critic for GAE; algo.name={cfg.algo.name} (advantages "
                          f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
-    require_single(cfg.cluster, ("learner", "reward"), "pipelines/ppo.py (one learner and its critic)")
+    require_single(cfg.cluster, ("learner",), "pipelines/ppo.py (one learner and its critic)")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> dict:
     learner = LearnerActor.options(**learner_opts).remote(model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=threads)
     critic = CriticActor.options(**critic_opts).remote(critic_path, model_path, critic_finetune, cfg.model.lora,
                                                        cfg.model.dtype, algo, cfg.train, cfg.seed, num_threads=threads)
-    reward = RewardActor.options(**actor_options(plan, pg, "reward")).remote(cfg.reward)
+    reward = RewardPool(plan, pg, cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
     engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
                          device=cfg.cluster.device)
@@ -164,8 +164,8 @@ def main(argv: list[str]) -> dict:
 
         # 2. score: one scalar per completion (failures score 0 and are counted)
         t0 = time.time()
-        sc = ray.get(reward.score.remote([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
-                                         [r["answer"] for r in rows for _ in range(n)]))
+        sc = reward.score([str(r["prompt"]) for r in rows for _ in range(n)], [s["text"] for s in samples],
+                          [r["answer"] for r in rows for _ in range(n)])
         t_score = time.time() - t0
 
         # 3. values: V(s_t) of every completion token under the current critic

@@ -68,15 +68,16 @@ def test_dynamic_sampling_keeps_informative_groups_and_respects_the_cap():
 
 @pytest.mark.slow
 def test_grpo_with_two_learners_and_two_engines(tmp_path):
-    """cluster.learner.count=2 and cluster.rollout.count=2 through pipelines/grpo.py: the learners form a gloo
-    group (batch-whitened REINFORCE++ advantages over both shards), both engines sample and load every adapter,
-    and each engine passes the sync check against rank 0 (that the group updates like one learner is checked
-    exactly in tests/test_data_parallel.py)."""
+    """cluster.learner.count=2, cluster.rollout.count=2 and cluster.reward.count=2 through pipelines/grpo.py: the
+    learners form a gloo group (batch-whitened REINFORCE++ advantages over both shards), both engines sample and
+    load every adapter, each engine passes the sync check against rank 0, two reward actors share the scoring
+    (that the group updates like one learner is checked exactly in tests/test_data_parallel.py)."""
     rows, summary = _run("grpo.py", tmp_path, "dp", "algo=reinforce_pp", "cluster.num_cpus=3", "cluster.learner.count=2",
-                         "cluster.rollout.count=2", "checkpoint.every=0")
+                         "cluster.rollout.count=2", "cluster.reward.count=2", "checkpoint.every=0")
     assert [r["adapter_version"] for r in rows] == [1, 2] and [r["rollout/adapter_version"] for r in rows] == [0, 1]
     assert all(r["sync/gap_mean"] < 1e-3 and r["actor/grad_norm"] > 0 for r in rows)
     assert summary["heldout_reward_end"] is not None and (tmp_path / "dp" / "adapters" / "v000002").exists()
+    assert all(r["reward/failed_items"] == 0 and "reward/exact_answer" in r for r in rows)
 
     # a pipeline that drives one learner says so instead of leaving the second one idle
     out = subprocess.run([sys.executable, str(REPO / "pipelines" / "ppo.py"), "cluster.learner.count=2"],

@@ -235,3 +235,13 @@ def test_shard_by_group_keeps_groups_whole():
     assert [len({gids[i] for i in s}) for s in shards] in ([2, 3], [3, 2])
     with pytest.raises(ValueError, match="2 groups cannot feed 3"):
         shard_by_group([0, 0, 1], 3)
+
+
+def test_reward_shares_merge_in_order_with_weighted_means():
+    from actors.reward import merge_scores
+
+    a = {"rewards": [1.0, 0.0], "statuses": ["ok", "ok"], "per_scorer": {"x": 0.5}, "failed": 0, "seconds": 1.0}
+    b = {"rewards": [1.0], "statuses": ["timeout"], "per_scorer": {"x": 1.0}, "failed": 1, "seconds": 2.0}
+    m = merge_scores([a, b])
+    assert m["rewards"] == [1.0, 0.0, 1.0] and m["statuses"] == ["ok", "ok", "timeout"]
+    assert m["per_scorer"]["x"] == pytest.approx(2 / 3) and m["failed"] == 1 and m["seconds"] == 2.0
