@@ -19,6 +19,28 @@ def test_stage_overrides_are_routed_and_checked():
         split_overrides(["ppo:train.steps=3"])
 
 
+def test_merged_model_is_remade_when_the_adapter_changes(tiny_model_dir, tmp_path):
+    """A rerun under the same run_name trains new adapters; the merged model the next stage starts from must be
+    theirs, not the one a previous run left in models/ (that is how the continual stage once started from a stale
+    RL model). The same base and adapter reuse it."""
+    from safetensors.torch import load_file
+
+    from pipelines.course import merge_adapter
+    from tests.test_models import _saved_adapter
+
+    out = tmp_path / "models" / "grpo"
+    first, _ = _saved_adapter(tiny_model_dir, tmp_path / "a1", 1)
+    merge_adapter(str(tiny_model_dir), str(first), out)
+    w1 = load_file(str(out / "model.safetensors"))
+    second, _ = _saved_adapter(tiny_model_dir, tmp_path / "a2", 2)
+    merge_adapter(str(tiny_model_dir), str(second), out)
+    w2 = load_file(str(out / "model.safetensors"))
+    assert any(not (w1[k] == w2[k]).all() for k in w1)  # remade from the new adapter
+    made = (out / "model.safetensors").stat().st_mtime_ns
+    merge_adapter(str(tiny_model_dir), str(second), out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == made  # same sources: reused
+
+
 def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path):
     from pipelines.course import main
 
