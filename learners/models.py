@@ -191,3 +191,33 @@ def export_engine_base(model_path: str | os.PathLike, model, out_dir: str | os.P
         if f.is_file() and ("token" in f.name or f.name in ("chat_template.jinja", "generation_config.json")):
             shutil.copy(f, out / f.name)
     return out
+
+
+DERIVED_STAMP = "derived_from.json"
+
+
+def source_stamp(*folders: str | os.PathLike) -> list:
+    """What a derived model folder (a merged model, a dequantised base) is made from: each source folder's
+    resolved path with the size and mtime of its weight and config files. Cheap at any model size (no hashing);
+    any rewrite of a source changes it."""
+    out = []
+    for folder in folders:
+        p = Path(folder).resolve()
+        files = sorted(q for q in p.iterdir() if q.is_file() and (q.suffix == ".safetensors" or q.name.endswith("config.json")))
+        out.append([str(p), [[q.name, q.stat().st_size, q.stat().st_mtime_ns] for q in files]])
+    return out
+
+
+def derived_is_current(out_dir: str | os.PathLike, stamp: list) -> bool:
+    """True when ``out_dir`` holds a model made from exactly the sources ``stamp`` describes (see
+    :func:`mark_derived`): only then may a rerun reuse it instead of a stale one from an earlier run."""
+    import json
+
+    s = Path(out_dir, DERIVED_STAMP)
+    return Path(out_dir, "config.json").exists() and s.exists() and json.loads(s.read_text()) == stamp
+
+
+def mark_derived(out_dir: str | os.PathLike, stamp: list) -> None:
+    import json
+
+    Path(out_dir, DERIVED_STAMP).write_text(json.dumps(stamp, indent=1))

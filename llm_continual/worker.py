@@ -170,14 +170,19 @@ class ContinualWorker:
     # -- weights out ------------------------------------------------------------------------------------------
     def export_base(self, out_dir: str) -> str:
         """The base weights the evaluation should load: the dequantised 4-bit base for QLoRA (what the learner
-        computes with), the original folder otherwise. Written once; later workers reuse it."""
-        from learners.models import export_engine_base
+        computes with), the original folder otherwise. Written once per base: later workers of the run reuse it,
+        a rerun on another base (same run_name) does not."""
+        from learners.models import derived_is_current, export_engine_base, mark_derived, source_stamp
 
         if self.finetune != "qlora":
             return self.model_path
-        if Path(out_dir, "config.json").exists():
+        stamp = source_stamp(self.model_path)
+        if derived_is_current(out_dir, stamp):
             return out_dir
-        return str(export_engine_base(self.model_path, self.model, out_dir))
+        out = export_engine_base(self.model_path, self.model, out_dir)
+        if out == Path(out_dir):  # never stamp the source folder itself
+            mark_derived(out, stamp)
+        return str(out)
 
     def export(self, out_dir: str) -> dict:
         """Write the current weights: ``{"model": full-model folder or None, "adapters": {task_id or "all": path}}``.

@@ -23,7 +23,6 @@ Writes runs/<run_name>/: <stage>/ (each stage's own run folder), models/ (merged
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -59,18 +58,18 @@ def merge_adapter(base: str, adapter: str, out_dir: Path) -> str:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from learners.models import derived_is_current, mark_derived, source_stamp
+
     # Reused only when made from this very base and adapter: a rerun under the same run_name trains new adapters,
     # and a stale merged model would silently become the next stage's start.
-    source = {"base": str(Path(base).resolve()),
-              "adapter_sha256": hashlib.sha256(Path(adapter, "adapter_model.safetensors").read_bytes()).hexdigest()}
-    stamp = out_dir / "merged_from.json"
-    if (out_dir / "config.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == source:
+    stamp = source_stamp(base, adapter)
+    if derived_is_current(out_dir, stamp):
         return str(out_dir)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(str(out_dir))
-    stamp.write_text(json.dumps(source, indent=2))
+    mark_derived(out_dir, stamp)
     return str(out_dir)
 
 

@@ -2,6 +2,8 @@
 through continual.loop with its hooks, and the weights it exports are what the evaluation panel loads."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,6 +70,15 @@ def test_exports_are_what_the_panel_loads(tiny_model_dir, cfg, tmp_path):
         model, _ = load_scoring_model(base, out["adapters"][tid])
         logits.append(model(input_ids=probe).logits)
     assert not torch.allclose(logits[0], logits[1])  # each task kept its own adapter
+    written = Path(base, "model.safetensors").stat().st_mtime_ns
+    assert w.export_base(str(tmp_path / "base")) == base  # the same base: reused
+    assert Path(base, "model.safetensors").stat().st_mtime_ns == written
+    from learners.models import DERIVED_STAMP
+
+    stamp = Path(base, DERIVED_STAMP)
+    stamp.write_text(stamp.read_text().replace(str(Path(tiny_model_dir).resolve()), "/elsewhere"))  # another base
+    assert w.export_base(str(tmp_path / "base")) == base
+    assert Path(base, "model.safetensors").stat().st_mtime_ns != written  # rewritten, not a stale reuse
 
     f = ContinualWorker(str(tiny_model_dir), cfg.model, cfg.continual, "seq_ft", "cpt")  # model.finetune is qlora
     assert f.finetune == "full" and f.export_base(str(tmp_path / "unused")) == str(tiny_model_dir)
