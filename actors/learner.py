@@ -20,7 +20,7 @@ import numpy as np
 import ray
 import torch
 
-from cluster import actor_options
+from cluster import actor_options, shares
 from cluster.distributed import (all_gather_objects, all_sum_tensor, allreduce_grads, broadcast_params, init_group,
                                  rendezvous)
 from learners.algorithms import resolve
@@ -188,8 +188,7 @@ def shard_by_group(group_ids: list[int], world: int) -> list[list[int]]:
     if len(groups) < world:
         raise ValueError(f"{len(groups)} groups cannot feed {world} data-parallel learners (each needs one at least)")
     order = list(groups.values())
-    bounds = [round(r * len(order) / world) for r in range(world + 1)]
-    return [[i for grp in order[bounds[r]:bounds[r + 1]] for i in grp] for r in range(world)]
+    return [[i for grp in order[lo:hi] for i in grp] for lo, hi in shares(len(order), world)]
 
 
 class LearnerGroup:

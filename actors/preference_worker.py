@@ -63,11 +63,6 @@ class DPOWorker:
             add_reference_adapter(self.model)  # a frozen copy of the SFT adapter anchors the KL
         self.opt, self.sched = _optimizer(trainable_parameters(self.model), cfg, self.d.lr or cfg.train.lr, total_steps)
 
-    def _reference(self):
-        from learners.models import reference_mode
-
-        return reference_mode(self.model)
-
     def _logps(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence log-probs ([2B]: chosen then rejected) and completion lengths under the current weights."""
         from datapipe.preference import collate_policy_pairs, encode_policy_pair
@@ -83,9 +78,11 @@ class DPOWorker:
     @torch.no_grad()
     def reference_logps(self, rows: list[dict]) -> list[list[float]]:
         """[[log pi_ref(chosen|x), log pi_ref(rejected|x)], ...] summed over completion tokens."""
+        from learners.models import reference_mode
+
         self.model.eval()
         out = []
-        with self._reference():
+        with reference_mode(self.model):
             for chunk in _chunks(rows, self.cfg.train.micro_batch_size):
                 lp, _ = self._logps(chunk)
                 B = len(chunk)

@@ -9,7 +9,7 @@ import time
 
 import ray
 
-from cluster import actor_options
+from cluster import actor_options, shares
 from rewards.base import Item
 
 
@@ -81,10 +81,8 @@ class RewardPool:
                        for p in plan.of("reward")]
 
     def score(self, prompts: list[str], completions: list[str], references: list) -> dict:
-        k = len(self.actors)
-        if k == 1:
+        if len(self.actors) == 1:
             return ray.get(self.actors[0].score.remote(prompts, completions, references))
-        b = [round(r * len(prompts) / k) for r in range(k + 1)]
         refs = [a.score.remote(prompts[lo:hi], completions[lo:hi], references[lo:hi])
-                for a, lo, hi in zip(self.actors, b, b[1:]) if hi > lo]
+                for a, (lo, hi) in zip(self.actors, shares(len(prompts), len(self.actors)))]
         return merge_scores(ray.get(refs))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 
-from cluster import actor_options
+from cluster import actor_options, shares
 from config.schema import RolloutConfig
 
 log = logging.getLogger(__name__)
@@ -200,10 +200,8 @@ class EnginePool:
     def generate(self, prompts: list, n: int = 1, seed: int | None = None, **kw):
         if len(self.actors) == 1:
             return self.actors[0].generate.remote(prompts, n=n, seed=seed, **kw)
-        k = len(self.actors)
-        bounds = [round(r * len(prompts) / k) for r in range(k + 1)]
         refs = [a.generate.remote(prompts[lo:hi], n=n, seed=None if seed is None else seed + lo * n, **kw)
-                for a, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+                for a, (lo, hi) in zip(self.actors, shares(len(prompts), len(self.actors)))]
         return _merge_generations.remote(*refs)
 
     def load_adapter(self, path: str, version: int) -> None:

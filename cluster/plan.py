@@ -140,3 +140,10 @@ def require_single(cfg, roles: tuple[str, ...], script: str) -> None:
         if getattr(cfg, role).count > 1:
             raise ConfigError(f"cluster.{role}.count={getattr(cfg, role).count}: {script} drives one {role} actor; "
                               f"set cluster.{role}.count=1 (several engines and data-parallel learners: pipelines/grpo.py)")
+
+
+def shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` shares of ``n`` items over ``parts`` actors, sizes differing by at most one, empty
+    shares left out (a batch smaller than the pool)."""
+    b = [round(r * n / parts) for r in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(b, b[1:]) if hi > lo]

@@ -6,11 +6,14 @@ a LoRA learner is the same base with the adapter switched off (``reference_mode`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from config import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,18 +85,25 @@ def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+class AdapterNotFound(ConfigError, FileNotFoundError):
+    """A config key names a folder that holds no PEFT adapter."""
+
+
 def _require_adapter(path: str | os.PathLike, keys: str) -> None:
     if not Path(path, "adapter_config.json").exists():
-        raise FileNotFoundError(f"no PEFT adapter at {path} ({keys}: a folder with adapter_config.json, "
-                                "e.g. a stage's adapters/vNNNNNN)")
+        raise AdapterNotFound(f"no PEFT adapter at {path} ({keys}: a folder with adapter_config.json, "
+                              "e.g. a stage's adapters/vNNNNNN)")
 
 
 def lora_rank(cfg_model) -> int:
-    """The largest LoRA rank a run serves: ``model.lora.r``, or the saved adapter's own when it starts from one."""
-    import json
-
+    """The largest LoRA rank a run serves: ``model.lora.r``, or the saved adapter's own when it starts from one.
+    The driver calls it before any actor starts, so a ``model.adapter`` or ``model.reference_adapter`` that
+    names no adapter is reported there, as the user's config."""
+    if cfg_model.reference_adapter:
+        _require_adapter(cfg_model.reference_adapter, "model.reference_adapter")
     r = cfg_model.lora.r
-    if cfg_model.adapter and Path(cfg_model.adapter, "adapter_config.json").exists():
+    if cfg_model.adapter:
+        _require_adapter(cfg_model.adapter, "model.adapter")
         r = max(r, int(json.loads(Path(cfg_model.adapter, "adapter_config.json").read_text()).get("r", r)))
     return r
 
@@ -211,13 +221,9 @@ def source_stamp(*folders: str | os.PathLike) -> list:
 def derived_is_current(out_dir: str | os.PathLike, stamp: list) -> bool:
     """True when ``out_dir`` holds a model made from exactly the sources ``stamp`` describes (see
     :func:`mark_derived`): only then may a rerun reuse it instead of a stale one from an earlier run."""
-    import json
-
     s = Path(out_dir, DERIVED_STAMP)
     return Path(out_dir, "config.json").exists() and s.exists() and json.loads(s.read_text()) == stamp
 
 
 def mark_derived(out_dir: str | os.PathLike, stamp: list) -> None:
-    import json
-
     Path(out_dir, DERIVED_STAMP).write_text(json.dumps(stamp, indent=1))

@@ -35,6 +35,11 @@ class LocalReducer:
     def merge(self, metrics: dict, additive: set[str]) -> dict:
         return metrics
 
+    def mean(self, total: torch.Tensor, count: torch.Tensor | float) -> float:
+        """sum_r total_r / sum_r count_r (one reduction for both)."""
+        t = self.sum(torch.stack([total.detach().double(), torch.as_tensor(count, dtype=torch.float64)]))
+        return (t[0] / t[1].clamp(min=1)).item()
+
 
 LOCAL = LocalReducer()
 
@@ -150,7 +155,7 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
         kl = kl_penalty(batch.old_logp, batch.ref_logp, algo.kl_estimator) * resp
         # What the adaptive controller tracks: KL(pi_old || pi_ref) per response, summed over its tokens.
         kl_resp = kl_penalty(batch.old_logp, batch.ref_logp, "k1").mul(resp).sum(-1)
-        info["kl_seq"] = (reducer.sum(kl_resp.sum()) / reducer.sum(torch.tensor(float(len(kl_resp)))).clamp(min=1)).item()
+        info["kl_seq"] = reducer.mean(kl_resp.sum(), len(kl_resp))
         if algo.kl_mode == "reward":
             info["kl"] = aggregate(kl, resp, algo.loss_agg, algo.norm_len).item()
     v = scatter_response(prompt_ids, values, resp) if values is not None else None
@@ -252,12 +257,12 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
         for mb_idx in torch.tensor_split(perm, train.mini_batches):
             mb = batch.select(mb_idx)
             optimizer.zero_grad(set_to_none=True)
-            mb_tokens = reducer.sum(mb.response_mask.sum().float()).clamp(min=1.0)
-            mb_seqs = reducer.sum(torch.tensor(float(len(mb)))).clamp(min=1.0)
+            by_tokens = algo.loss_agg == "token-mean"
+            mb_size = reducer.sum(mb.response_mask.sum().float() if by_tokens else torch.tensor(float(len(mb)))).clamp(min=1.0)
             for i in range(0, len(mb), train.micro_batch_size):
                 sl = torch.arange(i, min(i + train.micro_batch_size, len(mb)))
                 micro = mb.select(sl)
-                w = (micro.response_mask.sum() / mb_tokens) if algo.loss_agg == "token-mean" else len(micro) / mb_seqs
+                w = (micro.response_mask.sum() if by_tokens else len(micro)) / mb_size
                 loss, m = rl_loss(model, micro, algo, kl_coef)
                 (loss * w).backward()
                 for k, v in m.items():
@@ -280,7 +285,7 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
     out["lr"] = optimizer.param_groups[0]["lr"]
     with torch.no_grad():
         m = batch.response_mask.float()
-        out["adv_abs_mean"] = (reducer.sum((batch.advantages.abs() * m).sum()) / reducer.sum(m.sum()).clamp(min=1.0)).item()
+        out["adv_abs_mean"] = reducer.mean((batch.advantages.abs() * m).sum(), m.sum())
     return reducer.merge(out, additive)
 
 

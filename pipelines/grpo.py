@@ -70,9 +70,8 @@ def sync_adapter(engines: EnginePool, learner, adapters_dir, probe_ids, tol) -> 
     t0 = time.time()
     exp = ray.get(learner.export_adapter.remote(str(adapters_dir)))
     engines.load_adapter(exp["path"], exp["version"])
-    checks = [verify_sync(e, learner, probe_ids, exp["version"], tol) for e in engines.actors]
-    return {"sync_gap_mean": max(c["sync_gap_mean"] for c in checks), "sync_gap_max": max(c["sync_gap_max"] for c in checks),
-            "time/sync": time.time() - t0, "adapter_version": exp["version"]}
+    out = verify_sync(engines.actors, learner, probe_ids, exp["version"], tol)
+    return {**out, "time/sync": time.time() - t0, "adapter_version": exp["version"]}
 
 
 def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int, at_least: int = 1) -> tuple[list[dict], dict]:
@@ -110,6 +109,7 @@ def main(argv: list[str]) -> dict:
         raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} < cluster.learner.count="
                           f"{cfg.cluster.learner.count}: every data-parallel learner needs one prompt's group at least")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    max_lora_rank = lora_rank(cfg.model)  # before anything starts: a model.adapter that is not there is named here
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # Data: training prompts in a seeded order; held-out prompts for the before/after score.
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> dict:
     learner = learners.rank0
     reward = RewardPool(plan, pg, cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
-    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
+    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=max_lora_rank, dtype=cfg.model.dtype,
                          device=cfg.cluster.device)
 
     # Resume from the last complete checkpoint, if asked and present.

@@ -93,6 +93,7 @@ def main(argv: list[str]) -> dict:
                          f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
     require_single(cfg.cluster, ("learner",), "pipelines/ppo.py (one learner and its critic)")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    max_lora_rank = lora_rank(cfg.model)  # before anything starts: a model.adapter that is not there is named here
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # Data: training prompts in a seeded order, held-out prompts, supervised rows for the ptx loss.
@@ -120,7 +121,7 @@ def main(argv: list[str]) -> dict:
                                                        cfg.model.dtype, algo, cfg.train, cfg.seed, num_threads=threads)
     reward = RewardPool(plan, pg, cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))
-    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=lora_rank(cfg.model), dtype=cfg.model.dtype,
+    engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=max_lora_rank, dtype=cfg.model.dtype,
                          device=cfg.cluster.device)
 
     start = 0

@@ -57,6 +57,8 @@ def test_bad_yaml_file(tmp_path):
     (["algo=ppo"], "needs a critic: run pipelines/ppo.py"),                     # the wrong script for the algorithm
     (["data.train=/no/such/file.jsonl"], "data file /no/such/file.jsonl does not exist"),  # tasks.prompts
     (["train.lr=fast"], "train.lr"),                                            # the loader
+    (["model.finetune=lora", "model.adapter=/no/adapter"], "no PEFT adapter at /no/adapter (model.adapter"),
+    (["model.reference_adapter=/no/ref"], "no PEFT adapter at /no/ref (model.reference_adapter"),
 ])
 def test_pipeline_reports_bad_input_without_a_traceback(args, fragment):
     """A user's mistake ends the job script with 'config error: ...' and exit status 1, before any cluster or

@@ -236,6 +236,10 @@ def test_shard_by_group_keeps_groups_whole():
     with pytest.raises(ValueError, match="2 groups cannot feed 3"):
         shard_by_group([0, 0, 1], 3)
 
+    from cluster import shares  # the split the engine and reward pools use too
+
+    assert shares(5, 2) == [(0, 2), (2, 5)] and shares(1, 3) == [(0, 1)] and shares(6, 3) == [(0, 2), (2, 4), (4, 6)]
+
 
 def test_reward_shares_merge_in_order_with_weighted_means():
     from actors.reward import merge_scores
