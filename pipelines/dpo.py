@@ -128,7 +128,7 @@ def main(argv: list[str]) -> dict:
             train, heldout = split_heldout(pairs, d.heldout_fraction, cfg.seed)
             if not train or not heldout:
                 raise config.ConfigError(f"sampling gave only {len(pairs)} usable pairs ({data_report.get('dropped')}); raise "
-                                 "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
+                                         "dpo.rollout_prompts or rollout.n_samples, or lower dpo.min_gap")
         else:
             train, heldout, data_report = prepare_rows(d.train, "pairs", d.heldout, d.heldout_fraction,
                                                        d.builtin_prompts, cfg.seed, d.pair_mode, d.min_gap,
@@ -147,8 +147,8 @@ def main(argv: list[str]) -> dict:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
                 raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                 f"{len(train)} training rows; resume with the same data settings or pick a new "
-                                 "run_name")
+                                         f"{len(train)} training rows; resume with the same data settings or pick a new "
+                                         "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
             start = meta["step"]
 

@@ -68,7 +68,7 @@ def ptx_rows(cfg: Config, tok) -> list[dict]:
                 for r in make_rows(512, seed=cfg.seed + 2000)]
     else:
         raise ConfigError("algo.ptx_coef > 0 needs supervised data: set algo.ptx_data to a messages or "
-                         "prompt/completion file")
+                          "prompt/completion file")
     kept, report = tokenize_rows(rows, tok, cfg.rollout.max_model_len)
     if not kept:
         raise ConfigError(f"algo.ptx_data={cfg.algo.ptx_data!r} gave no usable row ({report['dropped']})")
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> dict:
     algo = resolve(cfg.algo, cfg.rollout.max_new_tokens)
     if algo.adv_estimator not in NEEDS_CRITIC:
         raise ConfigError(f"pipelines/ppo.py trains a critic for GAE; algo.name={cfg.algo.name} (advantages "
-                         f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
+                          f"{algo.adv_estimator!r}) has none: run pipelines/grpo.py algo.name={cfg.algo.name}")
     require_single(cfg.cluster, ("learner",), "pipelines/ppo.py (one learner and its critic)")
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
     max_lora_rank = lora_rank(cfg.model)  # before anything starts: a model.adapter that is not there is named here

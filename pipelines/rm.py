@@ -92,8 +92,8 @@ def main(argv: list[str]) -> dict:
             meta = read_meta(ckpt)
             if meta.get("data") != data_id:
                 raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                 f"{len(train)} training rows; resume with the same data settings or pick a new "
-                                 "run_name")
+                                         f"{len(train)} training rows; resume with the same data settings or pick a new "
+                                         "run_name")
             ray.get(learner.load_state.remote(str(ckpt)))
             start = meta["step"]
 

@@ -84,7 +84,7 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
         meta = ray.get(worker.load_checkpoint.remote(str(ckpt)))
         if meta.get("data_hash") != data_hash:
             raise config.ConfigError(f"the training data differ from those of checkpoint {ckpt} (sources, cleaning or seed "
-                             "changed); resume with the same sft.* and seed, or start a new run_name")
+                                     "changed); resume with the same sft.* and seed, or start a new run_name")
         start = meta["step"]
         print(f"resuming from {ckpt} at step {start}", flush=True)
     log = RunLog(run_dir, tensorboard=cfg.tensorboard, start_step=start + 1 if start else 0, config=config.to_dict(cfg))
