@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from actors.sync import exported_lora_digest
 from cluster import actor_options, shares
 from cluster.distributed import (all_gather_objects, all_sum_tensor, allreduce_grads, broadcast_params, init_group,
                                  rendezvous)
@@ -61,7 +62,8 @@ class LearnerWorker:
         self.train_cfg = train_cfg
         self.model, self.tokenizer = load_policy(model_path, model_cfg.finetune, model_cfg.lora, model_cfg.dtype,
                                                  adapter_path=model_cfg.adapter or None,
-                                                 gradient_checkpointing=model_cfg.gradient_checkpointing)
+                                                 gradient_checkpointing=model_cfg.gradient_checkpointing,
+                                                 fused_4bit_cpu=model_cfg.bnb_fused_cpu_kernel)
         if model_cfg.adapter or model_cfg.reference_adapter:
             # The anchor is the model the stage starts from (or the one named), not the bare base.
             add_reference_adapter(self.model, model_cfg.reference_adapter or None)
@@ -137,9 +139,33 @@ class LearnerWorker:
         return {"version": self.version, "logprobs": [lp[i, : len(t) - 1].tolist() for i, t in enumerate(token_ids)]}
 
     # -- weights out ----------------------------------------------------------------------------------
-    def export_adapter(self, out_dir: str) -> dict:
+    def export_adapter(self, out_dir: str, engine_dtype: str = "float32") -> dict:
+        """Save the adapter as ``out_dir/vNNNNNN``; ``digest`` hashes what was written, in the form an engine of
+        ``engine_dtype`` holds it (actors/sync.py), for the identity check."""
         path = save_adapter(self.model, Path(out_dir) / f"v{self.version:06d}")
-        return {"path": str(path), "version": self.version}
+        return {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype)}
+
+    def calibration_adapter(self, out_dir: str, probe_ids: list[list[int]], engine_dtype: str = "float32") -> dict:
+        """The sync check's calibration weights: the current adapter with its B matrices replaced by seeded noise
+        (so that the engine's LoRA path computes something, unlike the untrained B = 0), saved to ``out_dir``,
+        with the learner's probe logprobs under them; the trained weights are restored exactly before returning.
+        The noise has A's own per-module scale, divided by the rank: a LoRA delta of the order a trained one has."""
+        names = [n for n, p in self.model.named_parameters() if ".lora_B.default." in n]
+        saved = {n: self.model.get_parameter(n).detach().clone() for n in names}
+        gen = torch.Generator().manual_seed(1234)
+        try:
+            with torch.no_grad():
+                for n in names:
+                    p = self.model.get_parameter(n)
+                    a = self.model.get_parameter(n.replace(".lora_B.", ".lora_A."))
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p) * a.std() / a.shape[0])
+            path = save_adapter(self.model, out_dir)
+            lp = self.probe_logprobs(probe_ids)["logprobs"]
+        finally:
+            with torch.no_grad():
+                for n in names:
+                    self.model.get_parameter(n).copy_(saved[n])
+        return {"path": str(path), "logprobs": lp, "digest": exported_lora_digest(path, engine_dtype)}
 
     def export_engine_base(self, out_dir: str) -> str:
         return str(export_engine_base(self.model_path, self.model, out_dir))

@@ -57,7 +57,8 @@ class DPOWorker:
         self.cfg, self.d = cfg, cfg.dpo
         self.model, self.tok = load_policy(model_path, cfg.model.finetune, cfg.model.lora, cfg.model.dtype,
                                            adapter_path=self.d.sft_adapter or None,
-                                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+                                           gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                           fused_4bit_cpu=cfg.model.bnb_fused_cpu_kernel)
         self.device = next(self.model.parameters()).device
         if self.d.sft_adapter:
             add_reference_adapter(self.model)  # a frozen copy of the SFT adapter anchors the KL

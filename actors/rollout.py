@@ -35,7 +35,9 @@ class RolloutEngine:
         t0 = time.time()
         kwargs = dict(model=self.model_path, enforce_eager=cfg.enforce_eager, max_model_len=cfg.max_model_len,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=dtype,
-                      tensor_parallel_size=cfg.tensor_parallel_size, disable_log_stats=True)
+                      tensor_parallel_size=cfg.tensor_parallel_size, disable_log_stats=True,
+                      # the identity half of the sync check reads the served LoRA slots inside the worker
+                      worker_extension_cls="actors.vllm_ext.SyncExtension")
         if enable_lora:
             # vLLM accepts only these bounds; a rank-4 adapter is served under the bound 8.
             allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -58,7 +60,8 @@ class RolloutEngine:
         self._lora = None  # LoRARequest of the loaded adapter
         self._loads = 0
         self.adapter_version = -1  # -1: the base model
-        self._sleep_supported: bool | None = None
+        # vLLM's CPU worker accepts sleep()/wake_up() and ignores them (logging a warning each time): skip both.
+        self._sleep_supported: bool | None = False if device == "cpu" else None
         self.asleep = False
 
     # -- adapters ---------------------------------------------------------------------------------------
@@ -124,8 +127,9 @@ class RolloutEngine:
     def prompt_logprobs(self, token_ids: list[list[int]]) -> dict:
         """log p(x_t | x_<t) for t = 1..L-1 of each sequence under the served weights (the sync probe).
 
-        Returns ``{"adapter_version", "logprobs": [[...]]}``. Exact tokens in, so the learner can score the
-        very same ids.
+        Returns ``{"adapter_version", "logprobs": [[...]], "digest"}``. Exact tokens in, so the learner can score
+        the very same ids. ``digest`` (with an adapter loaded) is what the engine's worker reads back from the LoRA
+        slot that served the probe (actors/vllm_ext.py); None where it cannot be read (tensor-parallel shards).
         """
         from vllm import SamplingParams, TokensPrompt
 
@@ -139,7 +143,14 @@ class RolloutEngine:
                                      use_tqdm=False)
             pl = o.prompt_logprobs or []
             res.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
-        return {"adapter_version": self.adapter_version, "logprobs": res}
+        return {"adapter_version": self.adapter_version, "logprobs": res, "digest": self.adapter_digest()}
+
+    def adapter_digest(self) -> dict | None:
+        """Per-module hashes of the adapter weights the engine computes with (after a request used them)."""
+        if self._lora is None or self.cfg.tensor_parallel_size > 1:
+            return None  # each tensor-parallel worker holds a shard; the probe still checks the effect
+        (d,) = self.llm.collective_rpc("lora_digest", args=(self._lora.lora_int_id,))
+        return d
 
     # -- colocate mode: free the device while the learner steps ------------------------------------------
     def sleep(self) -> bool:

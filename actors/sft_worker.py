@@ -27,7 +27,8 @@ class SFTWorker:
         torch.manual_seed(seed)
         self.sft = sft
         self.model, self.tokenizer = load_policy(model_path, model_cfg.finetune, model_cfg.lora, model_cfg.dtype,
-                                                 gradient_checkpointing=model_cfg.gradient_checkpointing)
+                                                 gradient_checkpointing=model_cfg.gradient_checkpointing,
+                                                 fused_4bit_cpu=model_cfg.bnb_fused_cpu_kernel)
         self.device = self.model.get_input_embeddings().weight.device
         self.params = trainable_parameters(self.model)
         self.opt = torch.optim.AdamW(self.params, lr=sft.lr, weight_decay=sft.weight_decay)

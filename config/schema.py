@@ -91,6 +91,10 @@ class ModelConfig:
     """Adapter shape."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, more time)."""
+    bnb_fused_cpu_kernel: bool = False
+    """qlora on CPU: let bitsandbytes use its fused bf16 kernel for no-grad forwards where the CPU has AVX512-BF16.
+    Off (default): every forward of the learner -- training, reference, probe -- takes the same fp32 dequantise
+    path, so the learner agrees with itself and gives the same numbers on every CPU (learners.models.select_4bit_kernel)."""
     adapter: str = ""
     """A saved PEFT adapter to start training from (e.g. the DPO stage's); empty: a fresh adapter."""
     reference_adapter: str = ""
@@ -127,8 +131,10 @@ class RolloutConfig:
     """In colocate mode, put the engine to sleep while the learner steps (where the backend supports it)."""
     tensor_parallel_size: int = 1
     """GPUs per engine (split mode)."""
-    sync_probe_tolerance: float = 0.01
-    """Max mean |logprob| gap between learner and engine on the probe after an adapter load."""
+    sync_tolerance_factor: float = 4.0
+    """The sync probe's tolerance is this factor times the engine-vs-learner gap measured on identical weights at
+    start-up (the noise floor of this machine's kernels and dtypes; actors/sync.py). Not a gap in nats: a
+    constant gap would be tuned to one machine."""
     seed: int = 0
     """Sampling seed."""
 
@@ -137,6 +143,8 @@ class RolloutConfig:
         check(self.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
         check(self.temperature >= 0, "rollout.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+        check(self.sync_tolerance_factor >= 1, "rollout.sync_tolerance_factor",
+              f"must be >= 1 (a true sync reproduces the measured floor), got {self.sync_tolerance_factor}")
 
 
 @dataclass

@@ -29,12 +29,13 @@ def load_tokenizer(model_path: str | os.PathLike):
 
 def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=None, dtype: str = "float32",
                 adapter_path: str | os.PathLike | None = None, gradient_checkpointing: bool = False,
-                device: str | None = None):
+                device: str | None = None, fused_4bit_cpu: bool = False):
     """Return ``(model, tokenizer)`` ready to train.
 
     ``finetune``: ``qlora`` (NF4 4-bit frozen base, double quantisation, LoRA on top), ``lora`` (frozen
     base in ``dtype`` + LoRA) or ``full``. ``lora`` is a :class:`config.LoraConfig` (or None for its
-    defaults). ``adapter_path`` resumes a saved PEFT adapter instead of a fresh one.
+    defaults). ``adapter_path`` resumes a saved PEFT adapter instead of a fresh one. ``fused_4bit_cpu``:
+    see :func:`select_4bit_kernel` (off: every forward of the model takes the same kernel).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -52,6 +53,7 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
         )
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+    select_4bit_kernel(model, fused_4bit_cpu)
     if finetune != "qlora":
         model.to(device)
     model.config.use_cache = False
@@ -61,6 +63,31 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
     if finetune in ("qlora", "lora"):
         model = attach_lora(model, lora, adapter_path)
     return model, load_tokenizer(model_path)
+
+
+def select_4bit_kernel(model, fused: bool = False) -> int:
+    """Pick one bitsandbytes kernel for every forward of ``model``'s 4-bit layers; returns how many layers.
+
+    bitsandbytes 0.50's ``Linear4bit.forward`` takes a fused bf16 kernel on CPUs with AVX512-BF16 whenever the
+    module is in eval mode and its input needs no grad (it repacks the 4-bit weight in place on first use), and
+    the fp32 dequantise-then-matmul path otherwise. A learner's no-grad forwards (reference, old-logprob, sync
+    probe) then compute a different function from its training forward -- about 1e-3 per token -- so the
+    reference is not the base it claims to be and the ratio pi_theta / pi_old is not 1 at the start, on some
+    machines and not on others. ``fused=False`` (the default everywhere) turns the fused path off, so every
+    forward takes the dequantise path on every machine; ``fused=True`` leaves bitsandbytes' own choice (the
+    fused kernel where the CPU has it): faster no-grad forwards, at the cost of that self-disagreement.
+    """
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit (and its subclasses)
+            if fused:
+                from bitsandbytes.functional import has_avx512bf16
+
+                m.support_avx512bf16_for_cpu = has_avx512bf16()
+            else:
+                m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def attach_lora(model, lora=None, adapter_path: str | os.PathLike | None = None):

@@ -60,13 +60,13 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def load_critic(model_path: str | os.PathLike, finetune: str = "qlora", lora=None, dtype: str = "float32",
-                device: str | None = None):
+                device: str | None = None, fused_4bit_cpu: bool = False):
     """A value model on ``model_path``: (model, tokenizer). ``finetune``: ``qlora`` (NF4 4-bit frozen backbone +
     LoRA + head), ``lora`` (frozen backbone in ``dtype`` + LoRA + head) or ``full``. A head that the checkpoint
     lacks starts at zero, so the first values are 0 and the first advantages are the plain returns."""
     from transformers import AutoConfig, AutoModelForTokenClassification, BitsAndBytesConfig
 
-    from learners.models import DTYPES, load_tokenizer
+    from learners.models import DTYPES, load_tokenizer, select_4bit_kernel
 
     if finetune not in ("qlora", "lora", "full"):
         raise ValueError(f"algo.critic_finetune must be qlora, lora or full, got {finetune!r}")
@@ -83,6 +83,7 @@ def load_critic(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
             bnb_4bit_compute_dtype=DTYPES[dtype], bnb_4bit_quant_storage=torch.uint8, llm_int8_skip_modules=["score"])
         kwargs["device_map"] = {"": device}
     model, info = AutoModelForTokenClassification.from_pretrained(str(model_path), **kwargs)
+    select_4bit_kernel(model, fused_4bit_cpu)  # old values (no grad) and trained values: one kernel
     if finetune != "qlora":
         model.to(device)
     if any(k.startswith("score.") for k in info.get("missing_keys", [])):

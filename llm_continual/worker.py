@@ -39,7 +39,8 @@ class ContinualWorker:
         self.cc, self.method, self.phase, self.seed = cc, method, phase, seed
         self.model_path = str(model_path)
         self.finetune = METHODS[method].finetune or model_cfg.finetune
-        self.model, self.tok = load_policy(model_path, self.finetune, model_cfg.lora, model_cfg.dtype)
+        self.model, self.tok = load_policy(model_path, self.finetune, model_cfg.lora, model_cfg.dtype,
+                                           fused_4bit_cpu=model_cfg.bnb_fused_cpu_kernel)
         pad = self.tok.pad_token_id
         if phase == "align":
             self.learner = Learner(model=self.model, forward=lambda m, b: lm_forward(m, b["best"]),

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from actors.learner import LearnerGroup  # noqa: E402
 from actors.reward import RewardPool  # noqa: E402
 from actors.rollout import EnginePool  # noqa: E402
-from actors.sync import verify_sync  # noqa: E402
+from actors.sync import SyncVerifier  # noqa: E402
 from cluster import connect, make_placement_group, plan_resources  # noqa: E402
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
@@ -63,15 +63,6 @@ def heldout_reward(engines: EnginePool, reward: RewardPool, prompt_ids, rows, ma
     texts = [g[0]["text"] for g in gen["samples"]]
     sc = reward.score([str(r["prompt"]) for r in rows], texts, [r["answer"] for r in rows])
     return sum(sc["rewards"]) / len(sc["rewards"])
-
-
-def sync_adapter(engines: EnginePool, learner, adapters_dir, probe_ids, tol) -> dict:
-    """Export the learner's adapter (rank 0's), hot-load it into every engine, and prove each one serves it."""
-    t0 = time.time()
-    exp = ray.get(learner.export_adapter.remote(str(adapters_dir)))
-    engines.load_adapter(exp["path"], exp["version"])
-    out = verify_sync(engines.actors, learner, probe_ids, exp["version"], tol)
-    return {**out, "time/sync": time.time() - t0, "adapter_version": exp["version"]}
 
 
 def dynamic_sampling(groups: list[dict], draw, want: int, max_rounds: int, at_least: int = 1) -> tuple[list[dict], dict]:
@@ -148,11 +139,15 @@ def main(argv: list[str]) -> dict:
     # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
     log = RunLog(run_dir, cfg.tensorboard, start_step=start, config={**to_dict(cfg), "algo": to_dict(algo)})
 
-    sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+    # Verified sync: calibrate the probe's tolerance on identical weights, then check every adapter load.
+    verifier = SyncVerifier(engines.actors, learner, probe_ids, cfg.model.dtype, cfg.rollout.sync_tolerance_factor)
+    calibration = verifier.calibrate(run_dir / "adapters")
+    sync = verifier.sync(run_dir / "adapters")
     held_start = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     if ckpt is not None:
         held_start = read_meta(ckpt).get("heldout_reward_start", held_start)
-    print(f"[grpo] {plan.describe()}; held-out reward at start {held_start:.3f}", flush=True)
+    print(f"[grpo] {plan.describe()}; sync noise floor {calibration['sync/floor_mean']:.3g} (tolerance "
+          f"{calibration['sync/tolerance']:.3g}); held-out reward at start {held_start:.3f}", flush=True)
 
     P, n = cfg.train.prompts_per_step, cfg.rollout.n_samples
     colocate_sleep = cfg.cluster.mode == "colocate" and cfg.rollout.sleep_between_phases
@@ -213,7 +208,7 @@ def main(argv: list[str]) -> dict:
             truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None)
 
         # 4. sync: move only the adapter, and check that the engine now serves it
-        sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+        sync = verifier.sync(run_dir / "adapters")
         if not overlap and step + 1 < cfg.train.steps:
             pending = launch_generate(step + 1)
 
@@ -234,7 +229,7 @@ def main(argv: list[str]) -> dict:
             "perf/tokens_per_s": gen["tokens"] / max(gen["seconds"], 1e-9),
             "time/generate": t_gen, "time/score": t_score, "time/logprobs": stats["time_logprobs"],
             "time/update": stats["time_update"], "time/sync": sync["time/sync"], "time/step": time.time() - t_step,
-            "sync/gap_mean": sync["sync_gap_mean"], "adapter_version": sync["adapter_version"],
+            **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": gen["adapter_version"],
             "actor/kl_coef": stats["kl_coef"], "actor/adv_abs_mean": stats["adv_abs_mean"], **ds,
         }

@@ -32,7 +32,8 @@ from cluster import actor_options, connect, make_placement_group, plan_resources
 from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
-from pipelines.grpo import encode_prompts, heldout_reward, prepare_model, sync_adapter  # noqa: E402
+from actors.sync import SyncVerifier  # noqa: E402
+from pipelines.grpo import encode_prompts, heldout_reward, prepare_model  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
 from tasks.prompts import load_prompts  # noqa: E402
@@ -133,7 +134,9 @@ def main(argv: list[str]) -> dict:
     # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
     log = RunLog(run_dir, cfg.tensorboard, start_step=start, config={**to_dict(cfg), "algo": to_dict(algo)})
 
-    sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+    verifier = SyncVerifier(engines.actors, learner, probe_ids, cfg.model.dtype, cfg.rollout.sync_tolerance_factor)
+    verifier.calibrate(run_dir / "adapters")
+    sync = verifier.sync(run_dir / "adapters")
     held_start = heldout_reward(engines, reward, heldout_ids, heldout_rows, cfg.rollout.max_new_tokens)
     if ckpt is not None:
         held_start = read_meta(ckpt).get("heldout_reward_start", held_start)
@@ -187,7 +190,7 @@ def main(argv: list[str]) -> dict:
         critic_ref = critic.update.remote(prompt_ids, completion_ids, stats.pop("returns"), values)
 
         # 6. sync: move only the adapter, and check that the engine now serves it
-        sync = sync_adapter(engines, learner, run_dir / "adapters", probe_ids, cfg.rollout.sync_probe_tolerance)
+        sync = verifier.sync(run_dir / "adapters")
         crit = ray.get(critic_ref)
         t_critic = time.time() - t0
 
@@ -213,7 +216,7 @@ def main(argv: list[str]) -> dict:
             "time/generate": t_gen, "time/score": t_score, "time/values": t_values, "time/logprobs": stats["time_logprobs"],
             "time/update": stats["time_update"], "time/critic": t_critic, "time/sync": sync["time/sync"],
             "time/step": time.time() - t_step,
-            "sync/gap_mean": sync["sync_gap_mean"], "adapter_version": sync["adapter_version"],
+            **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": gen["adapter_version"],
         }
         log.log(step, row)

@@ -1,0 +1,64 @@
+"""Code that runs inside vLLM's worker processes (``worker_extension_cls``), reached with ``LLM.collective_rpc``.
+
+The identity half of the sync check: the worker reads the LoRA weights out of the slot buffers its kernels
+compute with -- not a version number the driver told it, not the files it was pointed at -- and hashes them in
+the canonical form that :func:`canonical_lora` gives the learner's exported adapter. Kept free of the project's
+other modules (torch and hashlib only) so that vLLM's spawned engine process can import it on its own.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 over each tensor's dtype, shape and bytes (contiguous, on the CPU)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def canonical_lora(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dtype: torch.dtype):
+    """(A, s * B) as a vLLM engine of ``dtype`` holds them: A [r, in] and B [out, r] cast to ``dtype``, then B scaled
+    by s = alpha / r in that dtype (vLLM's LoRALayerWeights.optimize), so both sides do the same float operations."""
+    a, b = lora_a.to(dtype), lora_b.to(dtype)
+    if scaling != 1:
+        b = b * scaling
+    return a, b
+
+
+class SyncExtension:
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls="actors.vllm_ext.SyncExtension")``)."""
+
+    def lora_digest(self, lora_int_id: int) -> dict:
+        """Per-module digests of the LoRA weights in the slot that serves ``lora_int_id``:
+        ``{"dtype", "rank", "modules": {hf_module_name: sha256}}``, or ``{"error": ...}`` when that adapter is not
+        in a slot. Names are the transformers/PEFT module names (a packed qkv_proj is reported as its q/k/v parts)."""
+        runner = self.model_runner
+        manager = getattr(getattr(runner, "lora_manager", None), "_adapter_manager", None)
+        if manager is None:
+            return {"error": "this engine was built without LoRA"}
+        if lora_int_id not in manager.lora_index_to_id:
+            return {"error": f"adapter id {lora_int_id} is in no LoRA slot (slots hold {manager.lora_index_to_id})"}
+        index = manager.lora_index_to_id.index(lora_int_id)
+        rank = manager._registered_adapters[lora_int_id].rank
+        packed = manager.packed_modules_mapping
+        out, dtype = {}, None
+        for name, module in sorted(manager.modules.items()):
+            a_stk, b_stk = getattr(module, "lora_a_stacked", None), getattr(module, "lora_b_stacked", None)
+            if not isinstance(a_stk, (tuple, list)) or not isinstance(b_stk, (tuple, list)):
+                continue  # embeddings / logits processors: not a target of this project's adapters
+            parent, _, leaf = name.rpartition(".")
+            subs = packed.get(leaf, [leaf]) if len(a_stk) > 1 else [leaf]
+            for sub, a_s, b_s in zip(subs, a_stk, b_stk):
+                a = a_s[index, 0, :rank, :]
+                b = b_s[index, 0, :, :rank]
+                if not (a.any() or b.any()):
+                    continue  # a module the adapter does not touch: its slot is zeroed
+                dtype = str(a.dtype).replace("torch.", "")
+                out[f"{parent}.{sub}" if parent else sub] = tensor_digest(a, b)
+        return {"dtype": dtype, "rank": rank, "modules": out}
