@@ -99,12 +99,11 @@ class LearnerWorker:
              ptx: dict | None = None) -> dict:
         """Advantages, old/reference logprobs, then the minibatch updates. Returns metrics.
 
-        ``behaviour_logprobs`` (the engine's sampling logprobs) serve as pi_old when the samples came from an
-        older adapter (one-step overlap); the engine serves the learner's exact weights (dequantised base),
-        so they are the behaviour policy's logprobs to float rounding. ``values`` (the critic's, per completion
-        token) feed GAE and the returned ``returns`` are the critic's targets; ``truncated`` marks completions
-        cut by the length limit (DAPO's overlong filter); ``ptx`` = {input_ids, labels} supervised rows for the
-        PPO-ptx loss.
+        ``behaviour_logprobs`` are the engine's sampling logprobs: the rollout/learner mismatch is measured
+        against them and corrected by importance weights (``train.rollout_correction``). ``values`` (the critic's,
+        per completion token) feed GAE and the returned ``returns`` are the critic's targets; ``truncated`` marks
+        completions cut by the length limit (DAPO's overlong filter); ``ptx`` = {input_ids, labels} supervised rows
+        for the PPO-ptx loss.
         """
         t0 = time.time()
         kl_coef = self.kl_ctl.value

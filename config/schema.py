@@ -275,6 +275,13 @@ class TrainConfig:
     """Held-out prompts scored (greedy) before and after training for summary.json."""
     one_step_overlap: bool = False
     """Generate batch t+1 with adapter t while the learner updates on batch t (split mode)."""
+    rollout_correction: Literal["none", "tis", "mis"] = "tis"
+    """Importance-sampling correction of the rollout/learner mismatch (learners/rollout_correction.py): tis
+    weights each token's policy gradient by min(pi_old / mu, rollout_is_cap) (Yao et al. 2025), mis drops tokens
+    whose ratio exceeds the cap, none only measures it (the rollout_corr/* metrics are logged in every mode)."""
+    rollout_is_cap: float = 2.0
+    """C of the correction: the truncation (tis) or rejection (mis) threshold of pi_old / mu, and the bound of
+    the rollout_corr/frac_over metric (ratios outside [1/C, C])."""
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", "must be >= 0")
@@ -282,6 +289,7 @@ class TrainConfig:
         check(self.lr > 0, "train.lr", "must be > 0")
         check(self.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
         check(self.mini_batches >= 1, "train.mini_batches", "must be >= 1")
+        check(self.rollout_is_cap > 1, "train.rollout_is_cap", f"must be > 1, got {self.rollout_is_cap}")
 
 
 @dataclass

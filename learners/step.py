@@ -12,7 +12,8 @@ import torch
 
 from learners.advantages import get_adv_estimator, outcome_token_rewards
 from learners.logprobs import sequence_logprobs
-from learners.policy_loss import aggregate, get_policy_loss, kl_penalty
+from learners.policy_loss import aggregate, get_policy_loss, kl_penalty, masked_mean
+from learners.rollout_correction import correction_weights, mismatch_metrics
 
 
 class LocalReducer:
@@ -52,6 +53,7 @@ class RLBatch:
     advantages: torch.Tensor      # [B, L-1] token-level (sequence-level estimators broadcast over the response)
     old_logp: torch.Tensor | None = None  # [B, L-1] under pi_old (the learner's own, before the update)
     ref_logp: torch.Tensor | None = None  # [B, L-1] under the reference policy
+    engine_logp: torch.Tensor | None = None  # [B, L-1] the engine's sampling logprobs (mu), NaN where it gave none
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -59,7 +61,7 @@ class RLBatch:
     def select(self, idx: torch.Tensor) -> "RLBatch":
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return RLBatch(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.advantages[idx],
-                       pick(self.old_logp), pick(self.ref_logp))
+                       pick(self.old_logp), pick(self.ref_logp), pick(self.engine_logp))
 
 
 def build_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
@@ -136,14 +138,16 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
     holds ``returns`` (lists, for the critic) and the measured KL of the batch.
 
     ``ref_logprobs_fn(ids, att)`` gives the reference policy's logprobs (the learner runs the model with its
-    adapter off). ``behaviour_logprobs`` are the engine's sampling logprobs, used as pi_old when the samples
-    came from an older adapter (one-step overlap). ``group_ids`` index groups within this batch; a data-parallel
+    adapter off). ``behaviour_logprobs`` are the engine's sampling logprobs (mu): the mismatch between them and
+    the learner's pi_old is measured and corrected by importance weights in :func:`rl_objective`
+    (learners/rollout_correction.py) -- the engine's kernels differ, and under asynchronous rollout so does its
+    adapter version; pi_old stays the learner's own policy before the update. ``group_ids`` index groups within this batch; a data-parallel
     shard holds whole groups (``reducer``: see :class:`LocalReducer`).
     """
     ids, att, resp = build_sequences(prompt_ids, completion_ids, pad_id)
     batch = RLBatch(ids, att, resp, torch.zeros_like(resp))
     if behaviour_logprobs is not None:
-        batch.old_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
+        batch.engine_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
     model.eval()
     if kl_coef > 0:
         batch.ref_logp = ref_logprobs_fn(ids, att)
@@ -173,20 +177,36 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
 
 def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: torch.Tensor | None,
                  ref_logp: torch.Tensor | None, adv: torch.Tensor, mask: torch.Tensor, algo,
-                 kl_coef: float | None = None) -> tuple[torch.Tensor, dict]:
+                 kl_coef: float | None = None, engine_logp: torch.Tensor | None = None,
+                 correction: str = "none", is_cap: float = 2.0) -> tuple[torch.Tensor, dict]:
     """J(theta) of the configured (resolved) algorithm on token tensors, as a loss to minimise:
 
-        loss = policy_loss(rho, A) + beta * agg(KL_est(pi_theta || pi_ref)) - c_H * agg(H(pi_theta))
+        loss = policy_loss(rho, w * A) + beta * agg(KL_est(pi_theta || pi_ref)) - c_H * agg(H(pi_theta))
 
     (the KL term only when ``algo.kl_mode == 'loss'``; the aggregation is ``algo.loss_agg``). Without
     ``old_logp`` (one on-policy pass) rho = exp(logp - logp.detach()) = 1 with the right gradient.
+
+    ``engine_logp`` (log mu, the engine's sampling logprobs): the rollout/learner mismatch is measured against
+    pi_old and, with ``correction`` tis or mis, corrected by per-token weights w_t >= 0
+    (learners/rollout_correction.py). Scaling A_t by w_t scales the token's clipped surrogate by w_t, since
+    -min(rho w A, clip(rho) w A) = w * -min(rho A, clip(rho) A) for w >= 0.
     """
     kl_coef = algo.kl_coef if kl_coef is None else kl_coef
     old = old_logp if old_logp is not None else logp.detach()
     norm_len = algo.norm_len or None
-    pg, metrics = get_policy_loss(algo.policy_loss)(
+    metrics = {}
+    if engine_logp is not None:
+        engine_logp = torch.where(torch.isnan(engine_logp), old.detach(), engine_logp)  # no logprob: no mismatch
+        metrics.update(mismatch_metrics(old, engine_logp, mask, is_cap))
+        w = correction_weights(correction, old, engine_logp, is_cap)
+        if w is not None:
+            adv = adv * w
+            metrics["rollout_corr/is_weight_mean"] = masked_mean(w, mask).item()
+            metrics["rollout_corr/dropped_frac"] = masked_mean((w == 0).float(), mask).item()
+    pg, pg_metrics = get_policy_loss(algo.policy_loss)(
         logp, old, adv.to(logp.dtype), mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
         loss_agg=algo.loss_agg, norm_len=norm_len)
+    metrics.update(pg_metrics)
     loss = pg
     metrics["pg_loss"] = pg.item()
     if kl_coef > 0 and ref_logp is not None and algo.kl_mode == "loss":
@@ -202,10 +222,12 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
     return loss, metrics
 
 
-def rl_loss(model, mb: RLBatch, algo, kl_coef: float | None = None) -> tuple[torch.Tensor, dict]:
+def rl_loss(model, mb: RLBatch, algo, kl_coef: float | None = None, correction: str = "none",
+            is_cap: float = 2.0) -> tuple[torch.Tensor, dict]:
     """:func:`rl_objective` on one micro-batch, with the policy's logprobs and entropies computed here."""
     logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True)
-    return rl_objective(logp, entropy, mb.old_logp, mb.ref_logp, mb.advantages, mb.response_mask, algo, kl_coef)
+    return rl_objective(logp, entropy, mb.old_logp, mb.ref_logp, mb.advantages, mb.response_mask, algo, kl_coef,
+                        mb.engine_logp, correction, is_cap)
 
 
 def pad_supervised(input_ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict:
@@ -248,6 +270,7 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
     B = len(batch)
     sums: dict[str, float] = {}
     additive: set[str] = set()  # metrics weighted by this rank's share: the global value is their sum over ranks
+    maxima: dict[str, float] = {}
     n_updates = 0
     model.train()
     for _ in range(train.epochs):
@@ -263,9 +286,12 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
                 sl = torch.arange(i, min(i + train.micro_batch_size, len(mb)))
                 micro = mb.select(sl)
                 w = (micro.response_mask.sum() if by_tokens else len(micro)) / mb_size
-                loss, m = rl_loss(model, micro, algo, kl_coef)
+                loss, m = rl_loss(model, micro, algo, kl_coef, train.rollout_correction, train.rollout_is_cap)
                 (loss * w).backward()
                 for k, v in m.items():
+                    if k.endswith("max_abs_diff"):  # a maximum, not a share-weighted mean
+                        maxima[k] = max(maxima.get(k, 0.0), float(v))
+                        continue
                     sums[k] = sums.get(k, 0.0) + float(v) * float(w)
                     additive.add(k)
             if ptx is not None and algo.ptx_coef > 0:
@@ -280,7 +306,7 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
                 scheduler.step()
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             n_updates += 1
-    out = {k: v / n_updates for k, v in sums.items()}
+    out = {k: v / n_updates for k, v in sums.items()} | maxima
     out["updates"] = n_updates
     out["lr"] = optimizer.param_groups[0]["lr"]
     with torch.no_grad():

@@ -204,7 +204,7 @@ def main(argv: list[str]) -> dict:
         stats = learners.step(
             [g["prompt_ids"] for g in groups for _ in range(n)], [s["token_ids"] for s in train_samples],
             [r for g in groups for r in g["rewards"]], [i // n for i in range(len(train_samples))],
-            behaviour_logprobs=[s["logprobs"] for s in train_samples] if cfg.train.one_step_overlap else None,
+            behaviour_logprobs=[s["logprobs"] for s in train_samples],
             truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None)
 
         # 4. sync: move only the adapter, and check that the engine now serves it
@@ -232,6 +232,7 @@ def main(argv: list[str]) -> dict:
             **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": gen["adapter_version"],
             "actor/kl_coef": stats["kl_coef"], "actor/adv_abs_mean": stats["adv_abs_mean"], **ds,
+            **{k: v for k, v in stats.items() if k.startswith("rollout_corr/")},
         }
         log.log(step, row)
         bar.update(1)

@@ -183,7 +183,8 @@ def main(argv: list[str]) -> dict:
             pick = [ptx[(step * algo.ptx_batch_size + i) % len(ptx)] for i in range(algo.ptx_batch_size)]
             ptx_batch = {"input_ids": [r["input_ids"] for r in pick], "labels": [r["labels"] for r in pick]}
         stats = ray.get(learner.step.remote(prompt_ids, completion_ids, sc["rewards"], [i // n for i in range(len(samples))],
-                                            values=values, ptx=ptx_batch))
+                                            behaviour_logprobs=[s["logprobs"] for s in samples], values=values,
+                                            ptx=ptx_batch))
 
         # 5. critic: fit the GAE returns (queued on the critic actor; it runs while the adapter syncs)
         t0 = time.time()
@@ -218,6 +219,7 @@ def main(argv: list[str]) -> dict:
             "time/step": time.time() - t_step,
             **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": gen["adapter_version"],
+            **{k: v for k, v in stats.items() if k.startswith("rollout_corr/")},
         }
         log.log(step, row)
         bar.update(1)

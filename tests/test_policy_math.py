@@ -311,5 +311,10 @@ def test_micro_batch_accumulation_gives_the_full_batch_update(tiny_model_dir, lo
         torch.manual_seed(0)
         policy_update(m, opt, None, RLBatch(ids, att, resp, adv), algo, train)
         deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
-    assert deltas[0].abs().max() > 0
-    torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=1e-7)
+    scale = deltas[0].abs().max()
+    assert scale > 0
+    # The two sum the same fp32 terms in other groupings (3 micro-batch gradients vs one): each element may differ
+    # by a few roundings of the largest term (bound: 3 partial sums x eps x the update's largest magnitude, with a
+    # factor 4 of headroom for the backward's own reordering). A wrong micro-batch weight is off by a factor, far above.
+    atol = 12 * torch.finfo(torch.float32).eps * scale.item()
+    torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=atol)
