@@ -6,23 +6,26 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export RAY_AUTH_MODE=token
 run_name="${RUN_NAME:-demo}"
+# The head's ports: the defaults Ray users know; a test (tests/test_demo.py) passes free ones.
+gcs_port="${RAY_HEAD_PORT:-6379}"
+dash_port="${RAY_DASHBOARD_PORT:-8265}"
 
 [ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
 started=0
-if ! ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
-  echo "[demo] starting a local Ray head (token auth, dashboard on 127.0.0.1:8265)"
+if ! ray status --address "127.0.0.1:$gcs_port" >/dev/null 2>&1; then
+  echo "[demo] starting a local Ray head (token auth, dashboard on 127.0.0.1:$dash_port)"
   # The job agent's HTTP port defaults to 52365; any other Ray on this machine may hold it, and then no
   # job can be submitted. Take a free one.
   agent_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   # --block keeps `ray start` in the foreground of its own process group: stopping that group stops
   # exactly this head (`ray stop` would stop every Ray on the machine).
-  setsid ray start --head --block --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 \
+  setsid ray start --head --block --port "$gcs_port" --dashboard-host 127.0.0.1 --dashboard-port "$dash_port" \
     --dashboard-agent-listen-port "$agent_port" --disable-usage-stats >.ray-head.log 2>&1 &
   head_pid=$!
   started=1
   # Wait for the dashboard (the job API) to listen, not just for the node: on a loaded machine it lags.
   for _ in $(seq 300); do
-    python -c 'import socket; socket.create_connection(("127.0.0.1", 8265), 1).close()' 2>/dev/null && break
+    python -c "import socket; socket.create_connection(('127.0.0.1', $dash_port), 1).close()" 2>/dev/null && break
     kill -0 "$head_pid" 2>/dev/null || { echo "[demo] the Ray head failed to start:"; tail -20 .ray-head.log; exit 1; }
     sleep 1
   done
@@ -39,7 +42,7 @@ trap stop_head EXIT
 # A fresh head's job agent can take a while to come up on a small machine: retry only that refusal.
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
   set +e
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+  ray job submit --address "http://127.0.0.1:$dash_port" --working-dir . -- \
     python pipelines/grpo.py run_name="$run_name" runs_dir="$PWD/runs" cache_dir="$PWD/.cache" "$@" 2>&1 | tee .ray-submit.log
   rc=${PIPESTATUS[0]}
   set -e
