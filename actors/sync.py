@@ -43,8 +43,9 @@ def probe_tolerance(floor_mean: float, mean_abs_logp: float, factor: float, eps:
 
     ``floor`` is the gap measured on identical weights in this run; a true sync reproduces it up to how the
     weights' values change the rounding, which ``factor`` (rollout.sync_tolerance_factor) allows for. The floor is
-    taken at least one unit of rounding ``eps`` of the engine's dtype at the probe's log-prob magnitude, so that a
-    measured floor of exactly 0 (engine and learner on the same kernels) does not make the tolerance 0."""
+    taken at least one unit of rounding ``eps`` of the numbers compared (fp32 log-probs on both sides) at the
+    probe's log-prob magnitude, so that a measured floor of exactly 0 (engine and learner on the same kernels) does
+    not make the tolerance 0."""
     return factor * max(floor_mean, eps * (1.0 + mean_abs_logp))
 
 
@@ -118,7 +119,7 @@ class SyncVerifier:
         self.floor_mean = max(g[0] for g in gaps)
         self.floor_max = max(g[1] for g in gaps)
         lps = [abs(x) for seq in cal["logprobs"] for x in seq]
-        eps = torch.finfo(getattr(torch, self.dtype)).eps
+        eps = torch.finfo(torch.float32).eps  # both sides report fp32 log-probs, whatever dtype computed them
         self.tolerance = probe_tolerance(self.floor_mean, sum(lps) / len(lps), self.factor, eps)
         return {"sync/floor_mean": self.floor_mean, "sync/floor_max": self.floor_max, "sync/tolerance": self.tolerance}
 

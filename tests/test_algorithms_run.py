@@ -75,7 +75,7 @@ def test_grpo_with_two_learners_and_two_engines(tmp_path):
     rows, summary = _run("grpo.py", tmp_path, "dp", "algo=reinforce_pp", "cluster.num_cpus=3", "cluster.learner.count=2",
                          "cluster.rollout.count=2", "cluster.reward.count=2", "checkpoint.every=0")
     assert [r["adapter_version"] for r in rows] == [1, 2] and [r["rollout/adapter_version"] for r in rows] == [0, 1]
-    assert all(r["sync/gap_mean"] < 1e-3 and r["actor/grad_norm"] > 0 for r in rows)
+    assert all(r["sync/gap_mean"] <= r["sync/tolerance"] and r["actor/grad_norm"] > 0 for r in rows)
     assert summary["heldout_reward_end"] is not None and (tmp_path / "dp" / "adapters" / "v000002").exists()
     assert all(r["reward/failed_items"] == 0 and "reward/exact_answer" in r for r in rows)
 
@@ -98,7 +98,7 @@ def test_ppo_pipeline_with_critic_adaptive_kl_and_ptx(tmp_path):
             assert r[key] is not None and math.isfinite(r[key]), (key, r[key])
         assert r["critic/explained_var"] <= 1.0
         assert r["actor/ptx_loss"] > 0 and r["critic/grad_norm"] > 0
-        assert r["sync/gap_mean"] < 1e-3  # the engine serves what the learner trained
+        assert r["sync/gap_mean"] <= r["sync/tolerance"]  # the engine serves what the learner trained
     # The first update starts from the reference (a fresh adapter): KL 0 < target, so beta must shrink.
     assert rows[0]["actor/kl_seq"] == 0.0
     assert rows[1]["actor/kl_coef"] < rows[0]["actor/kl_coef"]

@@ -213,8 +213,12 @@ def test_learner_group_steps_like_one_learner(ray_local, tiny_model_dir, algo):
     ref = [one.step(*b) for b in batches]
     whole = one.probe_logprobs(probe)["logprobs"]
     flat = lambda x: torch.tensor([v for row in x for v in row])  # noqa: E731
-    torch.testing.assert_close(flat(ranks[0]), flat(whole), rtol=0, atol=2e-5)
-    assert (flat(whole) - flat(start)).abs().max() > 1e-3  # the steps moved the model
+    moved = (flat(whole) - flat(start)).abs().max().item()
+    assert moved > 1e-3  # the steps moved the model
+    # The group sums the same gradients in another order (all-reduce) and AdamW divides by sqrt(v): the two models
+    # differ by float rounding carried through two steps, a small fraction of how far the steps moved the probe.
+    atol = 1e-2 * moved
+    torch.testing.assert_close(flat(ranks[0]), flat(whole), rtol=0, atol=atol)
     for s, r in zip(stats, ref):  # the combined metrics are the whole batch's
         for k in ("loss", "pg_loss", "kl_coef", "adv_abs_mean", "grad_norm"):
             assert s[k] == pytest.approx(r[k], rel=1e-4, abs=1e-6), k
@@ -222,7 +226,7 @@ def test_learner_group_steps_like_one_learner(ray_local, tiny_model_dir, algo):
     half = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, cfg.seed)
     for b in batches:
         half.step(*[x[:6] for x in b])
-    assert (flat(half.probe_logprobs(probe)["logprobs"]) - flat(whole)).abs().max() > 100 * 2e-5
+    assert (flat(half.probe_logprobs(probe)["logprobs"]) - flat(whole)).abs().max() > 5 * atol
 
 
 def test_shard_by_group_keeps_groups_whole():

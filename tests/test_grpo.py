@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from config import Config, load
 
@@ -104,6 +105,8 @@ def _stale_adapter_is_caught(ray, rollout, tiny_model_dir, tmp_path, lr: float, 
     true = verifier.check(v1)
     assert true["sync/gap_mean"] <= cal["sync/tolerance"]
     ray.kill(learner)
+    print(f"[sync] lr={lr} fused={fused} engine={engine_dtype}: floor {cal['sync/floor_mean']:.3g} "
+          f"tolerance {cal['sync/tolerance']:.3g} true gap {true['sync/gap_mean']:.3g} stale gap {moved:.3g}")
     return {**cal, **true, "moved": moved}
 
 
@@ -134,8 +137,10 @@ def test_sync_check_with_a_noisier_bf16_engine(ray_local, engine_base, tiny_mode
     try:
         out = _stale_adapter_is_caught(ray_local, rollout, tiny_model_dir, tmp_path, 2e-3, fused=False,
                                        engine_dtype="bfloat16")
-        # bf16 keeps 8 bits of mantissa: its floor is far above fp32's one rounding unit at these magnitudes
-        assert out["sync/floor_mean"] > 64 * 1.2e-7
+        # bf16 keeps 8 bits of mantissa: its floor is far above fp32's rounding at these magnitudes, and the
+        # probe still resolves one update at the demo's rate
+        assert out["sync/floor_mean"] > 64 * torch.finfo(torch.float32).eps
+        assert out["sync/probe_resolvable"] == 1.0
     finally:
         ray_local.get(rollout.shutdown.remote())
         ray_local.kill(rollout)

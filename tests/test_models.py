@@ -54,7 +54,38 @@ def test_qlora_loads_in_4bit_and_takes_a_backward_step(tiny_model_dir):
     assert after.mean() > before.mean()  # the adapter learned
     with torch.no_grad(), reference_mode(model):
         ref = sequence_logprobs(model, ids, att)
-    assert torch.allclose(ref, before, atol=1e-5)  # adapter off = the untouched base
+    # adapter off = the untouched base, to the bit: with one 4-bit kernel for every forward (training and no-grad
+    # alike, learners.models.select_4bit_kernel) and B = 0 at the start, both compute the same numbers
+    assert torch.equal(ref, before)
+
+
+def test_one_4bit_kernel_for_training_and_no_grad_forwards(tiny_model_dir):
+    """bitsandbytes' fused bf16 CPU path (AVX512-BF16 machines, eval + no grad only) computes another function than
+    the training forward; the learner turns it off so the two agree exactly on every machine. Where this CPU has
+    the fused path, the test also shows that it is live when asked for, and differs."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    from learners.logprobs import sequence_logprobs
+    from learners.models import load_policy, select_4bit_kernel
+
+    model, tok = load_policy(tiny_model_dir, "qlora", LoraConfig(r=4, alpha=8))
+    ids = torch.tensor([tok("What is 2+2? 4").input_ids])
+    att = torch.ones_like(ids)
+    model.train()
+    train_lp = sequence_logprobs(model, ids, att).detach()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(sequence_logprobs(model, ids, att), train_lp)
+    if not has_avx512bf16():
+        return
+    fused, _ = load_policy(tiny_model_dir, "qlora", LoraConfig(r=4, alpha=8), fused_4bit_cpu=True)
+    assert select_4bit_kernel(fused, True) > 0
+    fused.eval()
+    with torch.no_grad():
+        fused_lp = sequence_logprobs(fused, ids, att)
+    assert not torch.equal(fused_lp, train_lp)  # the hazard the default removes
+    # ... and it is rounding-sized, not a different model: bf16 keeps 8 bits of mantissa
+    assert (fused_lp - train_lp).abs().max() < 2 ** -8 * train_lp.abs().max() * 8
 
 
 def _saved_adapter(model_dir, out, seed):
