@@ -306,6 +306,9 @@ class DataConfig:
     """Rows generated for a builtin dataset."""
     warm_start_steps: int = 0
     """Supervised warm-start steps on the builtin task before RL (0 = none); cached by model and steps."""
+    too_long: Literal["drop", "error"] = "drop"
+    """Prompts longer than rollout.max_model_len - rollout.max_new_tokens tokens: drop them with a warning and a
+    count, or stop with a config error. Checked before any actor starts."""
 
 
 @dataclass

@@ -27,6 +27,9 @@ def prepare_model(cfg: Config) -> str:
     """The starting model: a given path, or a tiny model built here (with the built-in task's warm start, as the
     GRPO and DPO demos start from, when data.warm_start_steps > 0)."""
     if cfg.model.path:
+        from pipelines.preflight import check_model_dir
+
+        check_model_dir("model.path", cfg.model.path)
         return cfg.model.path
     from tinymodels import ensure_tiny_model
 
@@ -35,7 +38,7 @@ def prepare_model(cfg: Config) -> str:
         from tasks.arithmetic import make_rows, solution
         from tasks.warm_start import warm_start
 
-        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.seed + 1000), solution,
+        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
                           cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
     return str(path)
 

@@ -102,6 +102,11 @@ def main(argv: list[str]) -> dict:
     course_dir.mkdir(parents=True, exist_ok=True)
     (course_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
     suites = load_suites(cfg.eval.suites, cfg.eval.limit)
+    from pipelines.preflight import check_model_dir, check_scorers
+
+    if cfg.model.path:
+        check_model_dir("model.path", cfg.model.path, needs_chat_template=True)  # the SFT stage trains on chats
+    check_scorers(cfg.reward)  # the DPO and GRPO stages score with them
 
     # 2. The cluster every stage joins, and the starting model.
     connect(cfg.cluster)

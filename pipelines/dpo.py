@@ -86,13 +86,19 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/dpo.py")
     d, steps = cfg.dpo, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    from pipelines.preflight import check_model_dir, check_scorers
+
+    if cfg.model.path:
+        check_model_dir("model.path", cfg.model.path)
+    if d.train == "rollouts":  # pairs sampled from the policy and ranked by reward.scorers
+        check_scorers(cfg.reward)
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))
     if not cfg.model.path and cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
         # The built-in task's supervised warm start (the same cached model the GRPO demo starts from): DPO follows SFT.
         from tasks.arithmetic import make_rows, solution
         from tasks.warm_start import warm_start
 
-        model_path = str(warm_start(model_path, make_rows(cfg.data.builtin_size, seed=cfg.seed + 1000), solution,
+        model_path = str(warm_start(model_path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
                                     cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed))
     if cfg.model.finetune == "full":
         raise config.ConfigError("model.finetune=full: the DPO learner's reference is the base with the adapter "

@@ -96,6 +96,10 @@ def main(argv: list[str]) -> dict:
 
     cfg = load(Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/eval.py")
+    if cfg.model.path:
+        from pipelines.preflight import check_model_dir
+
+        check_model_dir("model.path", cfg.model.path)
     base = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
     checkpoints = parse_checkpoints(cfg.eval.checkpoints, base)
     suites = load_suites(cfg.eval.suites, cfg.eval.limit)  # bad suites fail here, before any engine starts

@@ -30,13 +30,18 @@ from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
+from pipelines.preflight import check_rl_inputs, fit_prompts  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
 from tasks.prompts import load_prompts  # noqa: E402
 
 
 def prepare_model(cfg: Config) -> str:
-    """The base to train: a given path, or a tiny model built here (plus the built-in task's warm start)."""
+    """The base to train: a given path, or a tiny model built here (plus the built-in task's warm start).
+
+    The warm start is part of the model, like a pretrained checkpoint: it follows ``model.model_seed``, not the
+    run's ``seed``, so runs that differ only in ``seed`` start RL from the same model (a seed sweep then measures
+    RL's robustness, not the warm start's)."""
     if cfg.model.path:
         return cfg.model.path
     from tinymodels import ensure_tiny_model
@@ -46,7 +51,7 @@ def prepare_model(cfg: Config) -> str:
         from tasks.arithmetic import make_rows, solution
         from tasks.warm_start import warm_start
 
-        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.seed + 1000), solution,
+        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
                           cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
     return str(path)
 
@@ -108,8 +113,12 @@ def main(argv: list[str]) -> dict:
     held_spec = cfg.data.heldout or cfg.data.train
     heldout_rows = load_prompts(held_spec, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.builtin_size,
                                 cfg.seed, heldout=True)[: cfg.train.heldout_prompts]
+    check_rl_inputs(cfg, train_rows + heldout_rows)
     model_path = prepare_model(cfg)
     tok = load_tokenizer(model_path)
+    fit = lambda key, rows: fit_prompts(key, encode_prompts(tok, rows), rows, cfg.rollout.max_model_len,  # noqa: E731
+                                        cfg.rollout.max_new_tokens, cfg.data.too_long)[1]
+    train_rows, heldout_rows = fit("data.train", train_rows), fit("data.heldout", heldout_rows)
     order = list(range(len(train_rows)))
     random.Random(cfg.seed).shuffle(order)
     heldout_ids = encode_prompts(tok, heldout_rows)

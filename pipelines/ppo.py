@@ -34,6 +34,7 @@ from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
 from actors.sync import SyncVerifier  # noqa: E402
 from pipelines.grpo import encode_prompts, heldout_reward, prepare_model  # noqa: E402
+from pipelines.preflight import check_model_dir, check_rl_inputs, fit_prompts  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
 from tasks.prompts import load_prompts  # noqa: E402
@@ -101,9 +102,15 @@ def main(argv: list[str]) -> dict:
     train_rows = load_prompts(cfg.data.train, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.builtin_size, cfg.seed)
     heldout_rows = load_prompts(cfg.data.heldout or cfg.data.train, cfg.data.prompt_field, cfg.data.answer_field,
                                 cfg.data.builtin_size, cfg.seed, heldout=True)[: cfg.train.heldout_prompts]
+    check_rl_inputs(cfg, train_rows + heldout_rows)
+    if cfg.algo.critic_model and not cfg.algo.critic_model.startswith("preset:"):
+        check_model_dir("algo.critic_model", cfg.algo.critic_model, causal_lm=False)
     model_path = prepare_model(cfg)
     critic_path, critic_finetune = critic_source(cfg, model_path)
     tok = load_tokenizer(model_path)
+    fit = lambda key, rows: fit_prompts(key, encode_prompts(tok, rows), rows, cfg.rollout.max_model_len,  # noqa: E731
+                                        cfg.rollout.max_new_tokens, cfg.data.too_long)[1]
+    train_rows, heldout_rows = fit("data.train", train_rows), fit("data.heldout", heldout_rows)
     order = list(range(len(train_rows)))
     random.Random(cfg.seed).shuffle(order)
     heldout_ids = encode_prompts(tok, heldout_rows)

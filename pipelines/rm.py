@@ -65,6 +65,13 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/rm.py")
     r, steps = cfg.rm, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    from pipelines.preflight import check_model_dir
+
+    for key in ("rm.model_path", "model.path"):  # the backbone a value head goes on: any transformers encoder or LM
+        value = cfg.rm.model_path if key == "rm.model_path" else cfg.model.path
+        if value:
+            check_model_dir(key, value, causal_lm=False)
+            break
     model_path = backbone_path(cfg)
 
     # 2. Rows: pairs or labelled completions (outcome), step-labelled solutions (process).

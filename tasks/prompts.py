@@ -35,7 +35,13 @@ def _read(spec: str):
         import json
 
         rows = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise DatasetError(f"data file {spec} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}, "
+                               f"line {line}); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
