@@ -53,7 +53,9 @@ class GroupReducer(LocalReducer):
 
 class LearnerWorker:
     def __init__(self, model_path: str, model_cfg, algo_cfg, train_cfg, seed: int = 0, total_steps: int | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, temperature: float = 1.0):
+        """``temperature``: the engine's sampling temperature (rollout.temperature); the policy, old and reference
+        logprobs of the RL step are those of softmax(logits / T), the distribution the samples came from."""
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
@@ -78,6 +80,7 @@ class LearnerWorker:
         self.version = 0  # adapter version of the current weights; the untrained adapter is version 0
         self.pad_id = self.tokenizer.pad_token_id
         self.reducer: LocalReducer = LOCAL
+        self.temperature = temperature if temperature > 0 else 1.0  # greedy engines (T = 0) score at T = 1
 
     # -- data parallel ---------------------------------------------------------------------------------
     def rendezvous(self) -> tuple[str, int]:
@@ -109,11 +112,12 @@ class LearnerWorker:
         kl_coef = self.kl_ctl.value
         batch, info = prepare_batch(self.model, prompt_ids, completion_ids, rewards, group_ids, self.algo,
                                     self.train_cfg, self.pad_id, kl_coef, self._ref_logprobs, behaviour_logprobs,
-                                    values, truncated, self.reducer)
+                                    values, truncated, self.reducer, self.temperature)
         t_logp = time.time() - t0
         ptx_batch = pad_supervised(ptx["input_ids"], ptx["labels"], self.pad_id) if ptx else None
         metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg,
-                                self.params, kl_coef=kl_coef, ptx=ptx_batch, reducer=self.reducer)
+                                self.params, kl_coef=kl_coef, ptx=ptx_batch, reducer=self.reducer,
+                                temperature=self.temperature)
         if "kl_seq" in info:  # the global batch's KL and size, so every rank's controller moves alike
             self.kl_ctl.update(info["kl_seq"], int(self.reducer.sum(torch.tensor(float(len(batch)))).item()))
         metrics.update(info, kl_coef=kl_coef)
@@ -128,10 +132,11 @@ class LearnerWorker:
 
     def _ref_logprobs(self, ids, att):
         with reference_mode(self.model):
-            return batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size)
+            return batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size, self.temperature)
 
     def probe_logprobs(self, token_ids: list[list[int]]) -> dict:
-        """Token logprobs of fixed sequences under the current weights (the learner side of the sync check)."""
+        """Token logprobs of fixed sequences under the current weights (the learner side of the sync check), at
+        T = 1 like the engine's prompt logprobs."""
         ids, att, _ = build_sequences(token_ids, [[] for _ in token_ids], self.pad_id)
         self.model.eval()
         lp = batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size)
@@ -222,10 +227,11 @@ class LearnerGroup:
     go to it. :meth:`step` shards the batch by group; :meth:`load_state` reaches every rank."""
 
     def __init__(self, plan, pg, model_path: str, model_cfg, algo_cfg, train_cfg, seed: int = 0,
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, temperature: float = 1.0):
         places = plan.of("learner")
         self.actors = [LearnerActor.options(**actor_options(plan, pg, "learner", p.index)).remote(
-            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=max(1, int(p.num_cpus * 2)))
+            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=max(1, int(p.num_cpus * 2)),
+            temperature=temperature)
             for p in places]
         self.rank0 = self.actors[0]
         self.world = len(self.actors)

@@ -37,7 +37,10 @@ class RolloutEngine:
                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=dtype,
                       tensor_parallel_size=cfg.tensor_parallel_size, disable_log_stats=True,
                       # the identity half of the sync check reads the served LoRA slots inside the worker
-                      worker_extension_cls="actors.vllm_ext.SyncExtension")
+                      worker_extension_cls="actors.vllm_ext.SyncExtension",
+                      # sampling logprobs of the distribution actually sampled from (temperature, top-p), not of the
+                      # raw logits: they are mu of the mismatch correction; prompt logprobs (the probe) stay raw
+                      logprobs_mode="processed_logprobs")
         if enable_lora:
             # vLLM accepts only these bounds; a rank-4 adapter is served under the bound 8.
             allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -115,9 +115,10 @@ def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_
 
 
 @torch.no_grad()
-def batched_logprobs(model, ids: torch.Tensor, att: torch.Tensor, micro_batch_size: int) -> torch.Tensor:
-    """Token logprobs [B, L-1] computed micro-batch by micro-batch without gradients."""
-    out = [sequence_logprobs(model, ids[i:i + micro_batch_size], att[i:i + micro_batch_size])
+def batched_logprobs(model, ids: torch.Tensor, att: torch.Tensor, micro_batch_size: int,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """Token logprobs [B, L-1] (of pi_T, see :func:`sequence_logprobs`) micro-batch by micro-batch without gradients."""
+    out = [sequence_logprobs(model, ids[i:i + micro_batch_size], att[i:i + micro_batch_size], temperature=temperature)
            for i in range(0, ids.shape[0], micro_batch_size)]
     return torch.cat(out, 0)
 
@@ -132,13 +133,15 @@ def needs_old_logprobs(algo, train, kl_coef: float) -> bool:
 def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], scores: list[float],
                   group_ids: list[int], algo, train, pad_id: int, kl_coef: float, ref_logprobs_fn=None,
                   behaviour_logprobs: list[list[float]] | None = None, values: list[list[float]] | None = None,
-                  truncated: list[bool] | None = None, reducer: LocalReducer = LOCAL) -> tuple[RLBatch, dict]:
+                  truncated: list[bool] | None = None, reducer: LocalReducer = LOCAL,
+                  temperature: float = 1.0) -> tuple[RLBatch, dict]:
     """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
     holds ``returns`` (lists, for the critic) and the measured KL of the batch.
 
     ``ref_logprobs_fn(ids, att)`` gives the reference policy's logprobs (the learner runs the model with its
-    adapter off). ``behaviour_logprobs`` are the engine's sampling logprobs (mu): the mismatch between them and
+    adapter off; at ``temperature``, like every logprob here). ``behaviour_logprobs`` are the engine's sampling
+    logprobs (mu, of the distribution it sampled from): the mismatch between them and
     the learner's pi_old is measured and corrected by importance weights in :func:`rl_objective`
     (learners/rollout_correction.py) -- the engine's kernels differ, and under asynchronous rollout so does its
     adapter version; pi_old stays the learner's own policy before the update. ``group_ids`` index groups within this batch; a data-parallel
@@ -152,7 +155,7 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
     if kl_coef > 0:
         batch.ref_logp = ref_logprobs_fn(ids, att)
     if batch.old_logp is None and needs_old_logprobs(algo, train, kl_coef):
-        batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size)
+        batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size, temperature)
     info: dict = {}
     kl = None
     if batch.ref_logp is not None and batch.old_logp is not None:
@@ -223,9 +226,10 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
 
 
 def rl_loss(model, mb: RLBatch, algo, kl_coef: float | None = None, correction: str = "none",
-            is_cap: float = 2.0) -> tuple[torch.Tensor, dict]:
-    """:func:`rl_objective` on one micro-batch, with the policy's logprobs and entropies computed here."""
-    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True)
+            is_cap: float = 2.0, temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """:func:`rl_objective` on one micro-batch, with the policy's logprobs and entropies computed here (of pi_T, the
+    distribution the engine sampled from at ``temperature``, as TRL and veRL do)."""
+    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True, temperature=temperature)
     return rl_objective(logp, entropy, mb.old_logp, mb.ref_logp, mb.advantages, mb.response_mask, algo, kl_coef,
                         mb.engine_logp, correction, is_cap)
 
@@ -253,7 +257,7 @@ def ptx_loss(model, ptx: dict) -> torch.Tensor:
 
 
 def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, params=None, kl_coef: float | None = None,
-                  ptx: dict | None = None, reducer: LocalReducer = LOCAL) -> dict:
+                  ptx: dict | None = None, reducer: LocalReducer = LOCAL, temperature: float = 1.0) -> dict:
     """``train.epochs`` passes over ``train.mini_batches`` shuffled minibatches; gradients accumulate over
     micro-batches of ``train.micro_batch_size``; one optimizer step per minibatch with clipping.
 
@@ -286,7 +290,7 @@ def policy_update(model, optimizer, scheduler, batch: RLBatch, algo, train, para
                 sl = torch.arange(i, min(i + train.micro_batch_size, len(mb)))
                 micro = mb.select(sl)
                 w = (micro.response_mask.sum() if by_tokens else len(micro)) / mb_size
-                loss, m = rl_loss(model, micro, algo, kl_coef, train.rollout_correction, train.rollout_is_cap)
+                loss, m = rl_loss(model, micro, algo, kl_coef, train.rollout_correction, train.rollout_is_cap, temperature)
                 (loss * w).backward()
                 for k, v in m.items():
                     if k.endswith("max_abs_diff"):  # a maximum, not a share-weighted mean

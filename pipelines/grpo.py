@@ -131,7 +131,8 @@ def main(argv: list[str]) -> dict:
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
     # cluster.learner.count learners form one data-parallel group (rank 0 exports and checkpoints);
     # cluster.rollout.count engines share every batch of prompts.
-    learners = LearnerGroup(plan, pg, model_path, cfg.model, algo, cfg.train, cfg.seed)
+    learners = LearnerGroup(plan, pg, model_path, cfg.model, algo, cfg.train, cfg.seed,
+                            temperature=cfg.rollout.temperature)
     learner = learners.rank0
     reward = RewardPool(plan, pg, cfg.reward)
     engine_base = ray.get(learner.export_engine_base.remote(str(run_dir / "engine_base")))

@@ -124,7 +124,8 @@ def main(argv: list[str]) -> dict:
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
     learner_opts, critic_opts = split_learner_share(plan, pg)
     threads = max(1, int(learner_opts["num_cpus"] * 2))
-    learner = LearnerActor.options(**learner_opts).remote(model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=threads)
+    learner = LearnerActor.options(**learner_opts).remote(model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=threads,
+                                                         temperature=cfg.rollout.temperature)
     critic = CriticActor.options(**critic_opts).remote(critic_path, model_path, critic_finetune, cfg.model.lora,
                                                        cfg.model.dtype, algo, cfg.train, cfg.seed, num_threads=threads)
     reward = RewardPool(plan, pg, cfg.reward)
