@@ -178,3 +178,35 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert (run / "reward_curve.png").exists()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-000004", "step-000006"]  # rotated: keep=2
+
+
+def test_engine_sampling_logprobs_are_the_learners_at_the_sampling_temperature(ray_local, fp32_engine, tiny_model_dir):
+    """The engine reports the logprobs of the distribution it sampled from (temperature applied), and the learner
+    scores pi_T = softmax(logits / T): on the same sampled tokens the two agree to the engine-vs-learner floor
+    measured here on the probe, while scoring at T = 1 would be far off (the mismatch the metrics must see)."""
+    from actors.sync import probe_gap, probe_tolerance
+    from learners.models import load_policy
+    from learners.step import batched_logprobs, build_sequences, gather_response
+
+    ray = ray_local
+    ray.get(fp32_engine.unload_adapter.remote())  # the bare (dequantised) base, as the fresh learner below
+    model, tok = load_policy(tiny_model_dir, "qlora")
+    model.eval()
+    probe = _probe(tiny_model_dir)
+    ids, att, _ = build_sequences(probe, [[] for _ in probe], tok.pad_token_id)
+    lrn = batched_logprobs(model, ids, att, 8)
+    eng = ray.get(fp32_engine.prompt_logprobs.remote(probe))["logprobs"]
+    floor = probe_gap(eng, [lrn[i, : len(p) - 1].tolist() for i, p in enumerate(probe)])[0]
+    mean_abs = sum(abs(x) for seq in eng for x in seq) / sum(len(seq) for seq in eng)
+    tol = probe_tolerance(floor, mean_abs, 4.0, torch.finfo(torch.float32).eps)  # as the pipelines derive it
+
+    T = 0.8
+    prompt = probe[0][:8]
+    gen = ray.get(fp32_engine.generate.remote([prompt], n=8, max_tokens=8, temperature=T, seed=3))
+    comps = [s["token_ids"] for s in gen["samples"][0]]
+    ids, att, _ = build_sequences([prompt] * len(comps), comps, tok.pad_token_id)
+    at_t = gather_response(batched_logprobs(model, ids, att, 8, temperature=T), [prompt] * len(comps), comps)
+    at_1 = gather_response(batched_logprobs(model, ids, att, 8), [prompt] * len(comps), comps)
+    engine_lp = [s["logprobs"] for s in gen["samples"][0]]
+    assert probe_gap(engine_lp, at_t)[0] <= tol
+    assert probe_gap(engine_lp, at_1)[0] > 10 * tol
