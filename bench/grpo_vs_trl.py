@@ -25,6 +25,7 @@ def run_ours(args, model_path: str, out: Path) -> float:
            f"train.steps={args.steps + 1}", f"train.prompts_per_step={args.prompts}", f"rollout.n_samples={args.group}",
            f"rollout.max_new_tokens={args.max_tokens}", f"model.lora.r={args.rank}", f"model.lora.alpha={2 * args.rank}",
            f"model.finetune={args.finetune}", f"train.lr={args.lr}", f"algo.kl_coef={args.beta}", "train.heldout_prompts=8",
+           "rollout.temperature=1.0",  # TRL's below samples at 1.0 too (the demo's own default is 0.8)
            "checkpoint.every=0", "progress=false", "tensorboard=false", f"runs_dir={out}", "run_name=bench"]
     subprocess.run(cmd, check=True)
     rows = [json.loads(line) for line in (out / "bench" / "metrics.jsonl").read_text().splitlines()]
