@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 60  # of the demo's defaults (config/tiny-cpu.yaml), which run 200
+STEPS = 60  # of the demo's defaults (config/tiny-cpu.yaml), which run 300
 
 
 def _learn(tmp_path: Path, script: str, seed: int, *extra: str) -> tuple[dict, list[dict]]:
