@@ -205,7 +205,8 @@ def _merge_generations(*parts: dict) -> dict:
 class EnginePool:
     """``cluster.rollout.count`` engines used as one by a pipeline: :meth:`generate` gives each a contiguous
     share of the prompts (seeds offset so that every sample keeps its own stream, as on one engine) and returns
-    one ObjectRef of the merged result; ``actors`` are the engines, for adapter loads and their sync checks."""
+    one ObjectRef of the merged result; ``actors`` are the engines, which actors/sync.py's SyncVerifier loads and
+    checks one by one."""
 
     def __init__(self, plan, pg, model_path: str, cfg: RolloutConfig, **engine_kwargs):
         self.actors = [RolloutActor.options(**actor_options(plan, pg, "rollout", p.index)).remote(
@@ -217,9 +218,6 @@ class EnginePool:
         refs = [a.generate.remote(prompts[lo:hi], n=n, seed=None if seed is None else seed + lo * n, **kw)
                 for a, (lo, hi) in zip(self.actors, shares(len(prompts), len(self.actors)))]
         return _merge_generations.remote(*refs)
-
-    def load_adapter(self, path: str, version: int) -> None:
-        ray.get([a.load_adapter.remote(path, version) for a in self.actors])
 
     def sleep(self) -> None:
         for a in self.actors:

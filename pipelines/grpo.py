@@ -30,7 +30,7 @@ from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
 from learners.advantages import zero_variance_groups  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from learners.models import load_tokenizer, lora_rank  # noqa: E402
-from pipelines.preflight import check_rl_inputs, fit_prompts  # noqa: E402
+from pipelines.preflight import check_rl_inputs, fit_rl_prompts  # noqa: E402
 from runlog import RunLog, latest_checkpoint, save_checkpoint  # noqa: E402
 from runlog.checkpoints import read_meta  # noqa: E402
 from tasks.prompts import load_prompts  # noqa: E402
@@ -116,9 +116,7 @@ def main(argv: list[str]) -> dict:
     check_rl_inputs(cfg, train_rows + heldout_rows)
     model_path = prepare_model(cfg)
     tok = load_tokenizer(model_path)
-    fit = lambda key, rows: fit_prompts(key, encode_prompts(tok, rows), rows, cfg.rollout.max_model_len,  # noqa: E731
-                                        cfg.rollout.max_new_tokens, cfg.data.too_long)[1]
-    train_rows, heldout_rows = fit("data.train", train_rows), fit("data.heldout", heldout_rows)
+    train_rows, heldout_rows = fit_rl_prompts(cfg, lambda rows: encode_prompts(tok, rows), train_rows, heldout_rows)
     order = list(range(len(train_rows)))
     random.Random(cfg.seed).shuffle(order)
     heldout_ids = encode_prompts(tok, heldout_rows)

@@ -88,6 +88,13 @@ def check_rl_inputs(cfg, rows: list[dict]) -> None:
     check_scorers(cfg.reward)
 
 
+def fit_rl_prompts(cfg, encode, train_rows: list[dict], heldout_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """:func:`fit_prompts` on the training and held-out rows of an RL stage; ``encode(rows)`` gives their token ids."""
+    fit = lambda key, rows: fit_prompts(key, encode(rows), rows, cfg.rollout.max_model_len,  # noqa: E731
+                                        cfg.rollout.max_new_tokens, cfg.data.too_long)[1]
+    return fit("data.train", train_rows), fit("data.heldout", heldout_rows)
+
+
 def fit_prompts(key: str, prompt_ids: list[list[int]], rows: list[dict], max_model_len: int, max_new_tokens: int,
                 too_long: str) -> tuple[list[list[int]], list[dict]]:
     """Prompts whose tokens plus ``max_new_tokens`` exceed ``max_model_len`` (the engine would refuse them at the
