@@ -108,8 +108,8 @@ class SyncVerifier:
 
     def calibrate(self, adapters_dir: str | Path) -> dict:
         """Measure the engine-vs-learner gap on identical weights: a calibration adapter (the learner's adapter with
-        a seeded random B, so the LoRA path computes something) exported, loaded and probed on both sides, and
-        the untrained adapter (B = 0). The floor is the larger gap; the tolerance follows from it."""
+        a seeded random B, so the LoRA path computes something, which the untrained B = 0 would not) exported,
+        loaded and probed on both sides. The floor is the worst engine's gap; the tolerance follows from it."""
         cal = ray.get(self.learner.calibration_adapter.remote(str(Path(adapters_dir) / "calibration"), self.probe_ids,
                                                               self.dtype))
         gaps = []
