@@ -7,12 +7,9 @@ instead of a traceback from the hub client, a remote actor or the engine at the 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from config import ConfigError
-
-log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -115,8 +112,7 @@ def fit_prompts(key: str, prompt_ids: list[list[int]], rows: list[dict], max_mod
         raise ConfigError(what + "; every prompt would be dropped: raise rollout.max_model_len or shorten the prompts")
     if too_long == "error":
         raise ConfigError(what + "; raise rollout.max_model_len, shorten the prompts, or set data.too_long=drop")
-    log.warning("%s; dropped (data.too_long=drop)", what)
-    print(f"[data] {what}; dropped", flush=True)
+    print(f"[data] {what}; dropped (data.too_long=drop)", flush=True)  # in the job's log, beside its [stage] lines
     drop = set(over)
     keep = [i for i in range(len(rows)) if i not in drop]
     return [prompt_ids[i] for i in keep], [rows[i] for i in keep]
