@@ -333,6 +333,9 @@ class Config:
     """Global seed (data order, sampling, init)."""
     resume: bool = False
     """Continue from the last complete checkpoint in the run folder."""
+    overwrite: bool = False
+    """Replace the run already in the run folder (its files are deleted); without it, or resume, a run folder
+    that holds a run is refused."""
     tensorboard: bool = True
     """Write TensorBoard events next to metrics.jsonl."""
     progress: bool = True
