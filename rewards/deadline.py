@@ -4,10 +4,18 @@ Whatever happens -- the scorer raises, returns the wrong number of results, retu
 the deadline -- every item gets a :class:`Result`. Scorers that can stop early on their own (the
 sandbox, the reward model) say so with ``supports_deadline = True`` and receive the absolute deadline
 (``time.monotonic()`` seconds) so that the items they finished keep their verdicts.
+
+Two ways to run: :func:`run_scorer` on a thread of this process (a scorer stuck past its deadline is
+abandoned, and its thread runs on: fine for a trainer's own scorers, not for a service that promises a
+bound on its work), and :class:`ScorerPool`, worker processes that are killed when they overrun (the
+REST service's way: a slot of the pool is free only once the work in it has really ended).
 """
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import signal
 import threading
 import time
 
@@ -59,9 +67,221 @@ def run_scorer(scorer: Scorer, items: list[Item], timeout_s: float) -> list[Resu
                 for _ in items]
     if "err" in box:
         return [Result(None, ERROR, {"reason": f"scorer {name!r} raised {box['err']}"}) for _ in items]
-    out = box.get("out")
-    if not isinstance(out, list) or len(out) != len(items):
+    return _checked(box.get("out"), len(items), name)
+
+
+def _checked(out, n_items: int, name: str) -> list[Result]:
+    if not isinstance(out, list) or len(out) != n_items:
         n = len(out) if isinstance(out, list) else type(out).__name__
-        return [Result(None, ERROR, {"reason": f"scorer {name!r} returned {n} results for {len(items)} items"})
-                for _ in items]
+        return [Result(None, ERROR, {"reason": f"scorer {name!r} returned {n} results for {n_items} items"})
+                for _ in range(n_items)]
     return [_clean(r, name) for r in out]
+
+
+# ---- worker processes: the service's way --------------------------------------------------------------
+# How long a new worker may take to import and build its scorers (a reward model loads its weights); not
+# charged to the deadline of the request that waits for it.
+START_TIMEOUT_S = 120.0
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process could not start or build its scorers; the message says why."""
+
+
+def _worker_main(conn, specs: dict, plugins: list, remote_allow: list) -> None:
+    """A worker process: build the served scorers once, then answer jobs ``(name, items, deadline)`` until EOF."""
+    os.setsid()  # its own process group: a kill takes whatever the scorer started in it too
+    try:
+        from rewards.registry import enable_plugins, make_scorer
+        from rewards.remote import allow_destinations
+
+        enable_plugins(plugins)
+        allow_destinations(remote_allow)
+        scorers = {name: make_scorer(base, **opts) for name, (base, opts) in specs.items()}
+    except BaseException as e:  # noqa: BLE001 -- reported to the pool, which names it in every item
+        conn.send(("fatal", f"{type(e).__name__}: {e}"[:500]))
+        return
+    conn.send(("ready", {n: bool(getattr(s, "supports_deadline", False)) for n, s in scorers.items()}))
+    baseline = set(threading.enumerate())
+    while True:
+        try:
+            name, items, deadline = conn.recv()
+        except (EOFError, OSError):
+            return
+        scorer = scorers[name]
+        try:
+            if getattr(scorer, "supports_deadline", False):
+                out = scorer.score(items, deadline=deadline)
+            else:
+                out = scorer.score(items)
+            results = _checked(out, len(items), name)
+        except BaseException as e:  # noqa: BLE001 -- a plugin's failure must not escape into the batch
+            results = [Result(None, ERROR, {"reason": f"scorer {name!r} raised {type(e).__name__}: {e}"[:500]})
+                       for _ in items]
+        # A scorer that left threads running (e.g. a composite whose component overran) still has work in
+        # this process: say so, and the pool ends the process rather than count its slot free.
+        leftover = any(t.is_alive() for t in threading.enumerate() if t not in baseline)
+        try:
+            conn.send(("done", results, leftover))
+        except Exception as e:  # noqa: BLE001 -- details that do not pickle
+            conn.send(("done", [Result(r.score, r.status, {"reason": f"details could not be sent: {e}"[:300]})
+                                for r in results], leftover))
+
+
+class _Worker:
+    def __init__(self, ctx, args):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, *args), name="reward-scorer", daemon=True)
+        self.proc.start()
+        child.close()
+        self.deadline_aware: dict[str, bool] = {}
+
+    def wait_ready(self, timeout_s: float) -> None:
+        try:
+            if not self.conn.poll(timeout_s):
+                raise WorkerFailed(f"scorer worker did not start within {timeout_s:g} s")
+            kind, payload = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            raise WorkerFailed(f"scorer worker exited while starting (exit code {self.proc.exitcode})") from None
+        if kind != "ready":
+            raise WorkerFailed(f"scorer worker could not build its scorers: {payload}")
+        self.deadline_aware = payload
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (the worker and what it started), then reap the worker."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # not yet its own group leader
+            pass
+        self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+class ScorerPool:
+    """At most ``size`` scorer runs at once, each in a worker process that is killed when it overruns.
+
+    ``specs`` maps a served name to ``(base scorer, options)``; every worker builds all of them once, at its
+    start (in a fresh interpreter: ``spawn``). :meth:`lease` takes one of the ``size`` slots, or returns None
+    when all are taken (the service answers "busy"); :meth:`Lease.run` scores, and the slot comes back only
+    when the run has ended: answered, or its worker's process group killed and the worker reaped. So
+    :meth:`busy` counts work that is really running, and a scorer that hangs costs one kill and one
+    worker start, never a thread that runs on beside the cap.
+    """
+
+    def __init__(self, specs: dict[str, tuple[str, dict]], size: int, plugins=(), remote_allow=(),
+                 grace_s: float = GRACE_S, start_timeout_s: float = START_TIMEOUT_S):
+        self.size, self.grace_s, self.start_timeout_s = size, grace_s, start_timeout_s
+        self._args = ({n: (b, dict(o)) for n, (b, o) in specs.items()}, list(plugins), list(remote_allow))
+        self._ctx = multiprocessing.get_context("spawn")  # the service has threads: forking it is not safe
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._running: set[_Worker] = set()
+        self._taken = 0
+        self._closed = False
+        self.killed = 0
+
+    def lease(self) -> Lease | None:
+        with self._lock:
+            if self._closed or self._taken >= self.size:
+                return None
+            self._taken += 1
+            return Lease(self)
+
+    def busy(self) -> int:
+        """Slots taken: runs not yet ended (answered, or killed and reaped)."""
+        return self._taken
+
+    def pids(self) -> list[int]:
+        """Worker processes alive now, idle or running."""
+        with self._lock:
+            return [w.proc.pid for w in self._idle + list(self._running) if w.proc.is_alive()]
+
+    def close(self) -> None:
+        """Kill the idle workers now; running ones are killed when their run ends."""
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for w in idle:
+            w.kill()
+
+    def _worker(self) -> _Worker:
+        with self._lock:
+            while self._idle:
+                w = self._idle.pop()
+                if w.proc.is_alive():
+                    self._running.add(w)
+                    return w
+                w.kill()  # died while idle (e.g. the OOM killer): reap it, take another
+        w = _Worker(self._ctx, self._args)
+        with self._lock:
+            self._running.add(w)
+        try:
+            w.wait_ready(self.start_timeout_s)
+        except WorkerFailed:
+            self._end(w)
+            raise
+        return w
+
+    def _end(self, w: _Worker) -> None:
+        w.kill()
+        with self._lock:
+            self._running.discard(w)
+
+    def _run(self, name: str, items: list[Item], timeout_s: float) -> list[Result]:
+        w = None
+        try:
+            if not items:
+                return []
+            try:
+                w = self._worker()
+            except WorkerFailed as e:
+                return [Result(None, ERROR, {"reason": str(e)}) for _ in items]
+            deadline = time.monotonic() + timeout_s  # CLOCK_MONOTONIC: the same clock in the worker
+            try:
+                w.conn.send((name, items, deadline))
+                if not w.conn.poll(timeout_s + (self.grace_s if w.deadline_aware.get(name) else 0.0)):
+                    self._end(w)
+                    w = None
+                    self.killed += 1
+                    return [Result(None, TIMEOUT, {"reason": f"scorer {name!r} did not finish within {timeout_s:g} s"})
+                            for _ in items]
+                _, results, leftover = w.conn.recv()
+            except (EOFError, OSError) as e:  # the worker died under the scorer (a crash, the OOM killer)
+                self._end(w)
+                code, w = w.proc.exitcode, None
+                return [Result(None, ERROR, {"reason": f"scorer {name!r} crashed its worker process (exit code "
+                                                       f"{code}; {type(e).__name__})"}) for _ in items]
+            if leftover:
+                self._end(w)
+                w = None
+            return results
+        finally:
+            with self._lock:
+                self._taken -= 1
+                if w is not None:
+                    self._running.discard(w)
+                    if self._closed:
+                        w.kill()
+                    else:
+                        self._idle.append(w)
+
+
+class Lease:
+    """One slot of a :class:`ScorerPool`: :meth:`run` once (it frees the slot when the run has ended), or
+    :meth:`release` if the run never starts."""
+
+    def __init__(self, pool: ScorerPool):
+        self._pool, self._used = pool, False
+
+    def run(self, name: str, items: list[Item], timeout_s: float) -> list[Result]:
+        if self._used:
+            raise RuntimeError("a lease runs once")
+        self._used = True
+        return self._pool._run(name, items, timeout_s)
+
+    def release(self) -> None:
+        if not self._used:
+            self._used = True
+            with self._pool._lock:
+                self._pool._taken -= 1

@@ -11,6 +11,11 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer $REWARD_API_TOKEN``):
 Bounds: request body (413 before parsing), batch size (413), per-item length (that item: status error),
 a per-request deadline (unfinished items: status timeout), a concurrency limit (429 + Retry-After, no
 queue). A request names a scorer from the operator's list; nothing it names is imported, run or fetched.
+A body with a non-finite number (``NaN``, ``Infinity``, ``1e999``: Python's JSON parser takes them) gets
+422 naming the field; a scorer's non-finite score becomes that item's status error.
+
+Scorers run in worker processes (:class:`rewards.deadline.ScorerPool`, one per concurrency slot): a run
+that overruns its deadline has its process killed, and its slot is free again only once the work is gone.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import math
 import os
 import sys
 import time
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -31,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.base import ERROR, Item, Result
-from rewards.deadline import run_scorer
+from rewards.deadline import ScorerPool
 from rewards.registry import enable_plugins, make_scorer
 from rewards.remote import allow_destinations
 from rewards.service_config import ServiceConfig
@@ -76,6 +82,20 @@ class OpenRLHFResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+
+
+def non_finite_field(doc) -> str | None:
+    """Path (``items[0].reference``) of the first non-finite float in a parsed JSON document, or None."""
+    stack = [(doc, "")]
+    while stack:  # iterative: a deep but parseable document must not hit the recursion limit here
+        x, path = stack.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            return path or "(the body)"
+        if isinstance(x, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(x.items())))
+        elif isinstance(x, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(x))))
+    return None
 
 
 def _jsonable(x, depth: int = 0):
@@ -127,6 +147,9 @@ class Guard:
                 more = message.get("more_body", False)
                 if len(body) > self.max_body:
                     return await self._reply(counting_send, 413, f"request body over max_body_bytes={self.max_body}")
+            bad = self._non_finite(headers, bytes(body))
+            if bad:
+                return await self._reply(counting_send, 422, bad)
             sent = False
 
             async def replay():
@@ -140,6 +163,23 @@ class Guard:
         finally:
             route = path if path in KNOWN_PATHS else "other"
             self.metrics["requests"].labels(route, str(status_box.get("code", 0))).inc()
+
+    @staticmethod
+    def _non_finite(headers: dict, body: bytes) -> str | None:
+        """The message for a JSON body holding NaN / Infinity (or a number too large for a float), else None;
+        bodies that do not parse are left to the app's own 422/400."""
+        ctype = headers.get(b"content-type")
+        if not body or (ctype is not None and b"json" not in ctype.lower()):  # FastAPI reads JSON without one too
+            return None
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        where = non_finite_field(doc)
+        if where is None:
+            return None
+        return (f"field {where[:200]}: NaN and infinite numbers are not valid JSON numbers; send a finite number "
+                f"(or null where the field allows it)")
 
     def _authorised(self, scope) -> bool:
         for k, v in scope["headers"]:
@@ -169,22 +209,28 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
         raise SystemExit(f"refusing to start without a token: set {cfg.token_env} (the bearer token clients send)")
     enable_plugins(cfg.plugins)
     allow_destinations(cfg.remote_allow)
-    scorers = {}
+    # Built here once to refuse a bad config at start; the scoring itself happens in the pool's workers,
+    # each of which builds its own copy (a hung scorer there can be killed, one here could not).
+    specs, sandboxed = {}, False
     for name, opts in cfg.served().items():
         opts = dict(opts)
         base = opts.pop("scorer", name)
         try:
-            scorers[name] = make_scorer(base, **opts)
+            built = make_scorer(base, **opts)
         except ValueError as e:
             raise SystemExit(f"service config scorers.{name}: {e}") from None
+        sandboxed |= getattr(built, "supports_deadline", False) and hasattr(built, "limits")
+        specs[name] = (base, opts)
+        del built
+    scorers = sorted(specs)
     sandbox_state = None
-    if any(getattr(s, "supports_deadline", False) and hasattr(s, "limits") for s in scorers.values()):
+    if sandboxed:
         from rewards.sandbox import sandbox_problem
 
         sandbox_state = sandbox_problem()
         if sandbox_state:
             log.warning("unit-test scorer will answer infra_error (fail closed): %s", sandbox_state)
-    if cfg.openrlhf_scorer not in scorers:
+    if cfg.openrlhf_scorer not in specs:
         log.warning("openrlhf_scorer %r is not served; /v1/openrlhf will answer 503", cfg.openrlhf_scorer)
 
     registry = CollectorRegistry()
@@ -195,19 +241,29 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
                          registry=registry),
         "seconds": Histogram("reward_score_seconds", "Time to score one request", ["scorer"], registry=registry),
         "in_flight": Gauge("reward_requests_in_flight", "Requests being scored now", registry=registry),
+        "kills": Counter("reward_scorer_kills_total", "Scorer worker processes killed for overrunning the deadline",
+                         registry=registry),
     }
-    app = FastAPI(title="raypost reward service", version="1",
+    pool = ScorerPool(specs, cfg.max_concurrency, cfg.plugins, cfg.remote_allow)
+    Gauge("reward_scorer_workers", "Scorer worker processes alive (idle or running)", registry=registry
+          ).set_function(lambda: len(pool.pids()))
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        pool.close()
+
+    app = FastAPI(title="raypost reward service", version="1", lifespan=lifespan,
                   description="Scores (prompt, completion) batches. Every route but /healthz needs a bearer token.")
-    app.state.cfg, app.state.scorers = cfg, scorers
-    busy = {"n": 0}
+    app.state.cfg, app.state.scorers, app.state.pool = cfg, scorers, pool
 
     async def score_items(name: str, items: list[Item], deadline_s: float | None) -> list[Result]:
-        scorer = scorers.get(name)
-        if scorer is None:
-            raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {sorted(scorers)}")
+        if name not in specs:
+            raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {scorers}")
         if len(items) > cfg.max_items:
             raise HTTPException(413, f"batch of {len(items)} items over max_items={cfg.max_items}; send smaller batches")
-        if busy["n"] >= cfg.max_concurrency:
+        lease = pool.lease()
+        if lease is None:
             raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
                                 headers={"Retry-After": "1"})
         out: list[Result | None] = [None] * len(items)
@@ -220,15 +276,17 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
             else:
                 todo.append(i)
         timeout = min(cfg.deadline_s, deadline_s or math.inf)
-        busy["n"] += 1
+        kills = pool.killed
         metrics["in_flight"].inc()
         t0 = time.monotonic()
         try:
-            done = await run_in_threadpool(run_scorer, scorer, [items[i] for i in todo], timeout)
+            # the lease frees its slot itself, in the worker thread, once the run has really ended
+            done = await run_in_threadpool(lease.run, name, [items[i] for i in todo], timeout)
         finally:
-            busy["n"] -= 1
+            lease.release()  # only if the run never started
             metrics["in_flight"].dec()
             metrics["seconds"].labels(name).observe(time.monotonic() - t0)
+            metrics["kills"].inc(pool.killed - kills)
         for i, r in zip(todo, done):
             out[i] = r
         for r in out:
@@ -241,10 +299,11 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
 
     @app.get("/v1/scorers", summary="Served scorers, limits and sandbox state")
     def list_scorers():
-        return {"scorers": sorted(scorers), "openrlhf_scorer": cfg.openrlhf_scorer,
+        return {"scorers": scorers, "openrlhf_scorer": cfg.openrlhf_scorer,
                 "limits": {"max_body_bytes": cfg.max_body_bytes, "max_items": cfg.max_items,
                            "max_item_chars": cfg.max_item_chars, "deadline_s": cfg.deadline_s,
                            "max_concurrency": cfg.max_concurrency},
+                "workers": {"busy": pool.busy(), "alive": len(pool.pids()), "killed": pool.killed},
                 "sandbox": "ok" if sandbox_state is None else sandbox_state}
 
     @app.post("/v1/score", response_model=ScoreResponse, summary="Score a batch with one scorer")
@@ -254,7 +313,7 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
         return {"results": [{"score": r.score, "status": r.status, "details": _jsonable(r.details)} for r in results]}
 
     async def openrlhf(req: OpenRLHFRequest):
-        if cfg.openrlhf_scorer not in scorers:
+        if cfg.openrlhf_scorer not in specs:
             raise HTTPException(503, f"openrlhf_scorer {cfg.openrlhf_scorer!r} is not among the served scorers")
         n = len(req.query)
         for field_name, values in (("prompts", req.prompts), ("labels", req.labels)):
