@@ -102,7 +102,7 @@ def main(argv: list[str]) -> dict:
     from llm_continual.methods import check_method
     from llm_continual.user_streams import memory_rows
     from llm_continual.worker import ContinualActor
-    from runlog import RunLog
+    from runlog import RunLog, atomic_write_text, prepare_run_dir
 
     # 1. Config, stream, methods, suites: every user error surfaces here, before a model loads.
     cfg = load(Config, "tiny-cpu", argv)
@@ -110,6 +110,8 @@ def main(argv: list[str]) -> dict:
     _quiet()
     cc = cfg.continual
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    # Before anything is written there. This stage keeps no checkpoints, so resume=true is refused with the way out.
+    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
     tasks = load_stream(cfg)
     phase = tasks[0].phase
     memory = memory_rows(cc.memory, phase, cfg.seed)
@@ -225,7 +227,8 @@ def main(argv: list[str]) -> dict:
                "methods": {n: {k: v for k, v in r.items() if k != "stages"} for n, r in results.items()},
                "table": rows, "files": {k: str(p) for k, p in paths.items()}}
     log.summary(summary)
-    (run_dir / "stages.json").write_text(json.dumps({n: r["stages"] for n, r in results.items()}, indent=2, default=str))
+    atomic_write_text(run_dir / "stages.json",
+                      json.dumps({n: r["stages"] for n, r in results.items()}, indent=2, default=str))
     log.close()
     print(report.markdown(rows, cc.score), flush=True)
     return summary

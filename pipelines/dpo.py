@@ -75,7 +75,7 @@ def main(argv: list[str]) -> dict:
     from actors.preference_worker import DPOActor
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, clean_pairs, dedup_pairs, prepare_rows, split_heldout
-    from runlog import RunLog, latest_checkpoint, save_checkpoint
+    from runlog import RunLog, atomic_dir, atomic_write_text, prepare_run_dir, save_checkpoint
     from runlog.checkpoints import read_meta
     from datapipe.preference import fingerprint
     from datapipe.rows import Row
@@ -86,6 +86,7 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/dpo.py")
     d, steps = cfg.dpo, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     from pipelines.preflight import check_model_dir, check_scorers
 
     if cfg.model.path:
@@ -120,13 +121,12 @@ def main(argv: list[str]) -> dict:
         if d.train == "rollouts":
             # Sampled pairs are written down: a resumed run trains on the very pairs, not on a fresh draw.
             saved = run_dir / "pairs.jsonl"
-            if cfg.resume and saved.exists():
+            if ckpt is not None and saved.exists():
                 pairs = [Row(json.loads(line), str(saved), i) for i, line in enumerate(saved.read_text().splitlines())]
                 data_report = {"from": str(saved), "kept": len(pairs)}
             else:
                 pairs, data_report = scored_rollout_pairs(cfg, model_path, plan, pg)
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text("".join(json.dumps(dict(p), ensure_ascii=False) + "\n" for p in pairs))
+                atomic_write_text(saved, "".join(json.dumps(dict(p), ensure_ascii=False) + "\n" for p in pairs))
             pairs, rep = clean_pairs(pairs, d.max_chars or None)
             data_report["clean"] = rep
             pairs, rep = dedup_pairs(pairs, d.near_dedup)
@@ -146,7 +146,6 @@ def main(argv: list[str]) -> dict:
         # 4. The learner actor.
         learner = DPOActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
         ckpt_root = run_dir / "checkpoints"
-        ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
         start = 0
         data_id = fingerprint(train)
         if ckpt is not None:
@@ -220,7 +219,9 @@ def main(argv: list[str]) -> dict:
         last = evals[max(evals)] if evals else first
 
         # 7. Report: the adapter (what RL and vLLM load), curves, summary.json.
-        adapter = ray.get(learner.save_adapter.remote(str(run_dir / "adapter")))
+        with atomic_dir(run_dir / "adapter") as tmp:  # a kill mid-export leaves the old adapter or the new
+            ray.get(learner.save_adapter.remote(str(tmp)))
+        adapter = str(run_dir / "adapter")
         log.plot(["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"],
                  "dpo.png", f"DPO ({d.loss}, beta={d.beta})")
         summary = {

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> dict:
     from actors.preference_worker import RewardModelActor
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, prepare_rows, step_prefixes
-    from runlog import RunLog, latest_checkpoint, save_checkpoint
+    from runlog import RunLog, atomic_dir, prepare_run_dir, save_checkpoint
     from runlog.checkpoints import read_meta
     from datapipe.preference import fingerprint
 
@@ -65,6 +65,7 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/rm.py")
     r, steps = cfg.rm, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     from pipelines.preflight import check_model_dir
 
     for key in ("rm.model_path", "model.path"):  # the backbone a value head goes on: any transformers encoder or LM
@@ -92,7 +93,6 @@ def main(argv: list[str]) -> dict:
     try:
         learner = RewardModelActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
         ckpt_root = run_dir / "checkpoints"
-        ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
         start = 0
         data_id = fingerprint(train)
         if ckpt is not None:
@@ -149,7 +149,9 @@ def main(argv: list[str]) -> dict:
         last = evals[max(evals)] if evals else first
 
         # 5. Export: a plain transformers folder, checked by reloading it the way a scorer would.
-        out_dir = ray.get(learner.save.remote(str(run_dir / "reward_model"), {"run_name": cfg.run_name}))
+        out_dir = str(run_dir / "reward_model")
+        with atomic_dir(out_dir) as tmp:  # a kill mid-export leaves the old reward model or the new, never half
+            ray.get(learner.save.remote(str(tmp), {"run_name": cfg.run_name}))
         probe = heldout[:8]
         if data_report["kind"] == "pairs":
             probe = [{"prompt": x["prompt"], "response": x["chosen"]} for x in probe]

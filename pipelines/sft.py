@@ -28,12 +28,14 @@ def main(argv: list[str]) -> dict:
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.sft_data import build_sft_data, report_table
     from learners.models import load_tokenizer
+    from runlog import atomic_write_text, prepare_run_dir
     from tinymodels import ensure_tiny_model
 
     cfg = config.load(Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/sft.py")
     s = cfg.sft
     run_dir = Path(cfg.runs_dir) / cfg.run_name
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     if cfg.model.path:
         from pipelines.preflight import check_model_dir
 
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> dict:
                           mix_temperature=s.mix_temperature, mix_total=s.mix_total, seed=cfg.seed)
     print(report_table(data.report), flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
+    atomic_write_text(run_dir / "data_report.json", json.dumps(data.report, indent=2))
     if not data.heldout:
         raise config.ConfigError("no held-out samples: raise sft.heldout_fraction or give more data")
 
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> dict:
     worker = SFTWorkerActor.options(**actor_options(plan, pg, "learner")).remote(str(model_path), cfg.model, s, cfg.seed)
     try:
         print(plan.describe(), ray.get(worker.describe.remote()), flush=True)
-        return train(cfg, worker, data, run_dir, model_path)
+        return train(cfg, worker, data, run_dir, model_path, ckpt)
     finally:
         ray.kill(worker)
         remove_placement_group(pg)
@@ -68,14 +70,15 @@ def main(argv: list[str]) -> dict:
             ray.shutdown()
 
 
-def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
-    """Steps 3-5 on the learner actor: resume or start, the training loop, the final evaluation and adapter."""
+def train(cfg: Config, worker, data, run_dir: Path, model_path: Path, ckpt: Path | None = None) -> dict:
+    """Steps 3-5 on the learner actor: resume from ``ckpt`` (what prepare_run_dir found) or start, the training
+    loop, the final evaluation and adapter."""
     import ray
     from tqdm import tqdm
 
     from datapipe.batches import chunks, step_rows
     from learners.sft import perplexity
-    from runlog import RunLog, latest_checkpoint
+    from runlog import RunLog, atomic_dir
 
     s = cfg.sft
     data_hash = hashlib.blake2b(json.dumps([r["input_ids"] for r in data.train]).encode(), digest_size=8).hexdigest()
@@ -83,7 +86,6 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
     # 3. Resume from the last complete checkpoint, or start.
     ckpt_root = run_dir / "checkpoints"
     start, meta = 0, {}
-    ckpt = latest_checkpoint(ckpt_root) if cfg.resume else None
     if ckpt is not None:
         meta = ray.get(worker.load_checkpoint.remote(str(ckpt)))
         if meta.get("data_hash") != data_hash:
@@ -122,7 +124,9 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path) -> dict:
     # 5. Held-out loss after training (from the last step), the adapter vLLM serves, the summary.
     if start >= s.steps:  # resumed a finished run: nothing trained, measure again
         ev = ray.get(worker.evaluate.remote(data.heldout))
-    adapter = ray.get(worker.save_adapter.remote(str(run_dir / "adapter")))
+    with atomic_dir(run_dir / "adapter") as tmp:  # a kill mid-export leaves the old adapter or the new, never half
+        ray.get(worker.save_adapter.remote(str(tmp)))
+    adapter = str(run_dir / "adapter")
     summary = {"stage": "sft", "model_path": str(model_path), "finetune": cfg.model.finetune, "steps": s.steps,
                "heldout_loss_start": heldout_start, "heldout_loss_end": ev["loss"],
                "heldout_ppl_start": perplexity(heldout_start), "heldout_ppl_end": ev["ppl"],
