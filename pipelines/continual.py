@@ -110,12 +110,12 @@ def main(argv: list[str]) -> dict:
     _quiet()
     cc = cfg.continual
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
-    # Before anything is written there. This stage keeps no checkpoints, so resume=true is refused with the way out.
-    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
     tasks = load_stream(cfg)
     phase = tasks[0].phase
     memory = memory_rows(cc.memory, phase, cfg.seed)
     methods = [check_method(m, phase, cfg.model.finetune) for m in cc.methods]
+    # Before anything is written there. This stage keeps no checkpoints, so resume=true is refused with the way out.
+    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
     suites = write_suites(tasks, run_dir / "suites", cc.score)
     general = load_suites(cc.general_suites, cfg.eval.limit)
     names = [t.name for t in tasks]

@@ -86,13 +86,13 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/dpo.py")
     d, steps = cfg.dpo, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     from pipelines.preflight import check_model_dir, check_scorers
 
     if cfg.model.path:
         check_model_dir("model.path", cfg.model.path)
     if d.train == "rollouts":  # pairs sampled from the policy and ranked by reward.scorers
         check_scorers(cfg.reward)
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))
     if not cfg.model.path and cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
         # The built-in task's supervised warm start (the same cached model the GRPO demo starts from): DPO follows SFT.

@@ -104,7 +104,7 @@ def main(argv: list[str]) -> dict:
     checkpoints = parse_checkpoints(cfg.eval.checkpoints, base)
     suites = load_suites(cfg.eval.suites, cfg.eval.limit)  # bad suites fail here, before any engine starts
     run_dir = Path(cfg.runs_dir) / cfg.run_name
-    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # no checkpoints here: resume=true is refused, with the way out
+    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # no checkpoints here: resume=true is refused, saying so
     runlog = RunLog(run_dir, tensorboard=cfg.tensorboard, config=to_dict(cfg))
     print(f"evaluating {[c[0] for c in checkpoints]} on {[s.name for s in suites]} -> {run_dir}", flush=True)
 

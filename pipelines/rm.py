@@ -65,7 +65,6 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/rm.py")
     r, steps = cfg.rm, cfg.train.steps
     run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     from pipelines.preflight import check_model_dir
 
     for key in ("rm.model_path", "model.path"):  # the backbone a value head goes on: any transformers encoder or LM
@@ -73,6 +72,7 @@ def main(argv: list[str]) -> dict:
         if value:
             check_model_dir(key, value, causal_lm=False)
             break
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     model_path = backbone_path(cfg)
 
     # 2. Rows: pairs or labelled completions (outcome), step-labelled solutions (process).

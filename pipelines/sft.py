@@ -35,11 +35,11 @@ def main(argv: list[str]) -> dict:
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/sft.py")
     s = cfg.sft
     run_dir = Path(cfg.runs_dir) / cfg.run_name
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     if cfg.model.path:
         from pipelines.preflight import check_model_dir
 
         check_model_dir("model.path", cfg.model.path, needs_chat_template=True)  # SFT rows are chats
+    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
     model_path = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
 
     # 1. Data: read, normalise, clean, dedup, tokenise with the assistant mask, split, mix, pack.
