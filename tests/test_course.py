@@ -68,3 +68,48 @@ def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path):
     assert cont["model"]["path"] == str(course / "models" / "grpo")
     assert cont["continual"]["memory"] == list(stage_cfg("sft")["sft"]["sources"])  # the SFT data is replayed
     assert st["continual"]["method"] == "inscl" and st["continual"]["tasks"] == ["reverse"]
+
+
+def test_rerunning_a_course_is_refused_unless_resumed_or_overwritten(tmp_path):
+    """The course folder holds every stage's run: reusing it needs resume=true or overwrite=true (checked before
+    any cluster starts), and resume=true needs an earlier course to go on with."""
+    from pipelines.course import main
+
+    args = [f"runs_dir={tmp_path}", "run_name=course", "model.preset=tiny", "progress=false"]
+    with pytest.raises(ConfigError, match="holds no earlier course"):
+        main(args + ["resume=true"])
+    (tmp_path / "course" / "sft").mkdir(parents=True)
+    (tmp_path / "course" / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"already holds a run \(sft, summary.json\); pass resume=true .* "
+                                          "overwrite=true .* another run_name"):
+        main(args)
+    with pytest.raises(ConfigError, match="contradict"):
+        main(args + ["resume=true", "overwrite=true"])
+    assert sorted(p.name for p in (tmp_path / "course").iterdir()) == ["sft", "summary.json"]  # untouched
+
+
+def test_resumed_course_reuses_finished_stages_and_resumes_cut_off_ones(tmp_path):
+    """How run_stage starts each stage of a resumed course: a finished stage (summary.json) is not run again; one
+    with a complete checkpoint gets resume=true; one cut off before any checkpoint gets overwrite=true. The last
+    two run the real script, here with a model path that fails at once, and the failure names the command."""
+    import os
+
+    from pipelines.course import run_stage
+    from runlog import save_checkpoint
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = tmp_path / "sft"
+    done.mkdir()
+    (done / "summary.json").write_text(json.dumps({"adapter": "x"}))
+    assert run_stage("sft.py", ["model.path=/nonexistent/model"], done, env, resume=True) == {"adapter": "x"}
+
+    cut = tmp_path / "dpo"
+    save_checkpoint(cut / "checkpoints", 2, lambda d: (d / "state.pt").write_text("s"), {})
+    with pytest.raises(RuntimeError, match=r"dpo.py resume=true runs_dir="):
+        run_stage("dpo.py", [f"runs_dir={tmp_path}", "run_name=dpo", "model.path=/nonexistent/model"], cut, env, True)
+
+    early = tmp_path / "rm"
+    early.mkdir()
+    (early / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(RuntimeError, match=r"rm.py overwrite=true runs_dir="):
+        run_stage("rm.py", [f"runs_dir={tmp_path}", "run_name=rm", "model.path=/nonexistent/model"], early, env, True)
