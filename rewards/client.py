@@ -2,8 +2,10 @@
 remote scorers.
 
 Retries happen only where trying again can help and cannot double-count: 5xx answers and timeouts,
-a few times, with exponential back-off (and, for this project's own service, 429 after its Retry-After). 4xx answers are the caller's mistake (a wrong token, a batch over
-the limit) and raise :class:`RewardServiceError` with the service's message at once.
+a few times, with exponential back-off (and, for this project's own service, 429 after its Retry-After). 4xx answers are the caller's mistake (a wrong token, an unknown
+scorer) and raise :class:`RewardServiceError` with the service's message at once -- except 413 (the batch
+is over the service's body or item limit), which :func:`score_in_halves` answers by sending the batch in
+halves, down to single items; an item that is too large alone gets status error naming the limit.
 """
 from __future__ import annotations
 
@@ -11,11 +13,18 @@ import time
 
 import httpx
 
+from collections.abc import Callable
+
 from rewards.base import ERROR, TIMEOUT, Item, Result
 
 
 class RewardServiceError(RuntimeError):
-    """The service refused the request (4xx); the message is the service's, e.g. which limit was hit."""
+    """The service refused the request (4xx); the message is the service's, e.g. which limit was hit;
+    ``status_code`` is the HTTP status (0 for a refused redirect)."""
+
+    def __init__(self, msg: str, status_code: int = 0):
+        super().__init__(msg)
+        self.status_code = status_code
 
 
 class TransportFailure(RuntimeError):
@@ -60,7 +69,7 @@ def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s
                 msg = r.json().get("detail", r.text)
             except ValueError:
                 msg = r.text
-            raise RewardServiceError(f"{url} answered HTTP {r.status_code}: {str(msg)[:500]}")
+            raise RewardServiceError(f"{url} answered HTTP {r.status_code}: {str(msg)[:500]}", r.status_code)
         try:
             return r.json()
         except ValueError:
@@ -68,12 +77,33 @@ def post_json(http: httpx.Client, url: str, body: dict, headers: dict, timeout_s
     raise TransportFailure(f"{url}: no answer after {retries + 1} attempts; last: {last}", status)
 
 
+def score_in_halves(items: list[Item], post_batch: Callable[[list[Item]], list[Result]]) -> list[Result]:
+    """``post_batch(items)``, and where the service answers 413 (too large), the two halves in turn, down to
+    single items; an item refused alone gets ``Result(None, "error")`` saying which limit to raise.
+
+    A batch of n items costs at most 2n - 1 requests (every item refused alone), one when nothing is too large.
+    """
+    try:
+        return post_batch(items)
+    except RewardServiceError as e:
+        if e.status_code != 413:
+            raise
+        if len(items) > 1:
+            mid = len(items) // 2
+            return score_in_halves(items[:mid], post_batch) + score_in_halves(items[mid:], post_batch)
+        return [Result(None, ERROR, {
+            "reason": f"this item alone is too large for the reward service ({e}); raise the service's "
+                      f"max_body_bytes (or max_item_chars) or shorten the item", "http_status": 413})]
+
+
 class RewardClient:
     """``RewardClient(url, token).score("json_valid", items) -> list[Result]`` against ``rewards.server``.
 
     Batches larger than ``batch_size`` are sent in several requests. A service that cannot be reached or
     keeps failing gives every affected item a Result with status ``timeout`` / ``error`` (score None), so a
-    trainer can mask them; a refusal (4xx: wrong token, over a limit, unknown scorer) raises.
+    trainer can mask them. A batch over the service's size limits (413) is sent in halves; an item too
+    large alone gets status ``error`` naming the limit (``max_body_bytes``). Other refusals (4xx: wrong token,
+    unknown scorer) raise :class:`RewardServiceError`: they are a setup mistake, not one item's.
     """
 
     def __init__(self, url: str, token: str, timeout_s: float = 30.0, retries: int = 2, batch_size: int = 256):
@@ -90,24 +120,26 @@ class RewardClient:
     def score(self, scorer: str, items: list[Item]) -> list[Result]:
         out: list[Result] = []
         for i in range(0, len(items), self.batch_size):
-            chunk = items[i:i + self.batch_size]
-            body = {"scorer": scorer, "deadline_s": self.timeout_s,
-                    "items": [{"prompt": it.prompt, "completion": it.completion, "reference": it.reference}
-                              for it in chunk]}
-            try:
-                # the HTTP timeout leaves the service its whole deadline plus time to answer
-                # our own service asks busy clients to come back (429 + Retry-After): that is retried too
-                data = post_json(self._http, f"{self.url}/v1/score", body, self._headers, self.timeout_s + 10,
-                                 self.retries, retry_busy=True)
-                results = data["results"]
-                if len(results) != len(chunk):
-                    raise TransportFailure(f"service returned {len(results)} results for {len(chunk)} items", ERROR)
-                out += [Result(r.get("score"), r.get("status", ERROR), r.get("details") or {}) for r in results]
-            except TransportFailure as e:
-                out += [Result(None, e.status, {"reason": str(e)}) for _ in chunk]
-            except (KeyError, TypeError, AttributeError) as e:
-                out += [Result(None, ERROR, {"reason": f"malformed answer from the service: {e}"}) for _ in chunk]
+            out += score_in_halves(items[i:i + self.batch_size], lambda chunk: self._post(scorer, chunk))
         return out
+
+    def _post(self, scorer: str, chunk: list[Item]) -> list[Result]:
+        body = {"scorer": scorer, "deadline_s": self.timeout_s,
+                "items": [{"prompt": it.prompt, "completion": it.completion, "reference": it.reference}
+                          for it in chunk]}
+        try:
+            # the HTTP timeout leaves the service its whole deadline plus time to answer
+            # our own service asks busy clients to come back (429 + Retry-After): that is retried too
+            data = post_json(self._http, f"{self.url}/v1/score", body, self._headers, self.timeout_s + 10,
+                             self.retries, retry_busy=True)
+            results = data["results"]
+            if len(results) != len(chunk):
+                raise TransportFailure(f"service returned {len(results)} results for {len(chunk)} items", ERROR)
+            return [Result(r.get("score"), r.get("status", ERROR), r.get("details") or {}) for r in results]
+        except TransportFailure as e:
+            return [Result(None, e.status, {"reason": str(e)}) for _ in chunk]
+        except (KeyError, TypeError, AttributeError) as e:
+            return [Result(None, ERROR, {"reason": f"malformed answer from the service: {e}"}) for _ in chunk]
 
     def scorers(self) -> dict:
         """The service's served scorers, limits and sandbox state (needs the token: a quick auth check)."""

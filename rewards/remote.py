@@ -8,6 +8,7 @@ allowed host cannot bounce the call elsewhere. Two wire formats: this project's 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from rewards.base import ERROR, OK, Item, Result
-from rewards.client import RewardClient, RewardServiceError, TransportFailure, post_json
+from rewards.client import RewardClient, RewardServiceError, TransportFailure, post_json, score_in_halves
 
 ALLOW_ENV = "RAYPOST_REWARD_REMOTE_ALLOW"
 
@@ -77,6 +78,12 @@ class RemoteScorer:
                 return self._client.score(self.scorer, items)
             except RewardServiceError as e:
                 return [Result(None, ERROR, {"reason": str(e)}) for _ in items]
+        try:
+            return score_in_halves(items, self._post_openrlhf)  # a 413 is answered by sending halves
+        except RewardServiceError as e:
+            return [Result(None, ERROR, {"reason": f"remote scorer: {e}"[:500]}) for _ in items]
+
+    def _post_openrlhf(self, items: list[Item]) -> list[Result]:
         body = {"query": [it.prompt + it.completion for it in items], "prompts": [it.prompt for it in items],
                 "labels": [it.reference for it in items]}
         try:
@@ -84,8 +91,11 @@ class RemoteScorer:
             rewards = data["rewards"]
             if not isinstance(rewards, list) or len(rewards) != len(items):
                 raise ValueError(f"'rewards' must be a list of {len(items)} numbers")
-            return [Result(float(r), OK, {}) for r in rewards]
+            scores = [float(r) for r in rewards]
         except TransportFailure as e:
             return [Result(None, e.status, {"reason": str(e)}) for _ in items]
-        except (RewardServiceError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             return [Result(None, ERROR, {"reason": f"remote scorer: {e}"[:500]}) for _ in items]
+        # a remote that answers NaN (Python's JSON parser takes it) has not judged the item
+        return [Result(s, OK, {}) if math.isfinite(s) else
+                Result(None, ERROR, {"reason": f"remote scorer answered a non-finite reward {s}"}) for s in scores]

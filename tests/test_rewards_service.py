@@ -335,6 +335,195 @@ def test_service_serves_enabled_plugins_by_config_only(plugin_dist):
         assert r.status_code == 400
 
 
+# ---- reliability: hung scorers, non-finite numbers, batches over the body limit -------------------------------
+PLUGINS = """
+import os, threading, time
+from pathlib import Path
+from rewards.base import Result
+
+class Hang:
+    \"\"\"Writes the pid of the process it runs in, then never returns (no deadline support).\"\"\"
+    name = 'hang'
+    def __init__(self, pid_dir='', in_thread=False):
+        self.pid_dir, self.in_thread = pid_dir, in_thread
+    def score(self, items):
+        Path(self.pid_dir, str(os.getpid())).touch()
+        if self.in_thread:  # a helper thread that outlives the call, as a composite's overrun component does
+            threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+            return [Result(0.5, 'ok') for _ in items]
+        while True:
+            time.sleep(0.05)
+
+class NonFinite:
+    name = 'nonfinite'
+    def score(self, items):
+        vals = [float('nan'), float('inf'), float('-inf'), 1.0]
+        return [Result(vals[i % 4], 'ok', {'x': vals[i % 4]}) for i, _ in enumerate(items)]
+"""
+
+
+@pytest.fixture()
+def test_plugins(tmp_path, monkeypatch):
+    """Installed distributions providing the ``raypost.rewards`` entry points ``hang`` and ``nonfinite``."""
+    (tmp_path / "reliability_plugins.py").write_text(PLUGINS)
+    dist = tmp_path / "reliability_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reliability-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[raypost.rewards]\nhang = reliability_plugins:Hang\n"
+                                           "nonfinite = reliability_plugins:NonFinite\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_enabled", set())
+    (tmp_path / "pids").mkdir()
+    return tmp_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _scorer_threads() -> int:
+    return sum(t.name.startswith("score-") for t in threading.enumerate())
+
+
+def test_timed_out_scorers_leave_no_more_work_alive_than_the_cap(test_plugins):
+    """Six requests whose scorer never returns, at max_concurrency=1: each gets its timeouts (not 429: the
+    slot comes back), every process a hung scorer ran in is gone afterwards, no scorer thread is left in the
+    service's process, and at most max_concurrency worker processes are alive at any check."""
+    import multiprocessing
+
+    pid_dir = test_plugins / "pids"
+    cfg = ServiceConfig(max_concurrency=1, deadline_s=0.5, plugins=["hang"],
+                        scorers={"hang": {"pid_dir": str(pid_dir)}, "json_valid": {},
+                                 "leaky": {"scorer": "hang", "pid_dir": str(pid_dir), "in_thread": True}})
+    threads_before = _scorer_threads()
+    others = {c.pid for c in multiprocessing.active_children()}  # e.g. the module service's worker
+
+    def workers():
+        return [c for c in multiprocessing.active_children() if c.name == "reward-scorer" and c.pid not in others]
+
+    app = build_app(cfg, TOKEN)
+    pool = app.state.pool
+    with serve(app) as u:
+        for n in range(6):
+            r = post(u, "/v1/score", {"scorer": "hang", "items": [{"completion": "x"}, {"completion": "y"}]})
+            assert r.status_code == 200, r.text
+            assert [x["status"] for x in r.json()["results"]] == ["timeout", "timeout"]
+            pids = [int(f.name) for f in pid_dir.iterdir()]
+            assert len(pids) == n + 1 and os.getpid() not in pids  # each ran in its own worker, not here
+            assert not any(_alive(p) for p in pids), "a timed-out scorer's process still runs"
+            assert len(pool.pids()) <= cfg.max_concurrency and pool.busy() == 0
+            assert _scorer_threads() == threads_before
+        # a scorer that returns but leaves a thread working: its worker is ended too
+        r = post(u, "/v1/score", {"scorer": "leaky", "items": [{"completion": "x"}]})
+        assert r.json()["results"][0] == {"score": 0.5, "status": "ok", "details": {}}
+        assert not any(_alive(int(f.name)) for f in pid_dir.iterdir())
+        r = post(u, "/v1/score", {"scorer": "json_valid", "items": [{"completion": "{}"}]})
+        assert r.json()["results"][0]["score"] == 1.0  # the service recovers, in a fresh worker
+        assert len(workers()) <= cfg.max_concurrency
+        info = httpx.get(u + "/v1/scorers", headers=AUTH).json()["workers"]
+        assert info["killed"] == 6 and info["busy"] == 0 and info["alive"] <= cfg.max_concurrency
+        assert "reward_scorer_kills_total 6.0" in httpx.get(u + "/metrics", headers=AUTH).text
+    assert not workers()  # closed with the app
+
+
+def _strict(text: str):
+    """Parse as standard JSON: NaN / Infinity are refused."""
+    def refuse(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"completion": "x"}], "deadline_s": NaN}', "deadline_s"),
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"completion": "x"}], "deadline_s": Infinity}', "deadline_s"),
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"completion": "x"}], "deadline_s": -Infinity}', "deadline_s"),
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"completion": "x"}], "deadline_s": 1e999}', "deadline_s"),
+    ("/v1/score", b'{"scorer": "exact_answer", "items": [{"completion": "1", "reference": NaN}]}',
+     "items[0].reference"),
+    ("/v1/score", b'{"scorer": "json_schema", "items": [{"completion": "1"}, '
+                  b'{"completion": "1", "reference": {"maximum": [1, Infinity]}}]}', "items[1].reference.maximum[1]"),
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"completion": NaN}]}', "items[0].completion"),
+    ("/v1/score", b'{"scorer": "json_valid", "items": [{"prompt": -Infinity, "completion": "x"}]}', "items[0].prompt"),
+    ("/v1/openrlhf", b'{"query": ["a", "b"], "labels": ["1", NaN]}', "labels[1]"),
+    ("/v1/openrlhf", b'{"query": ["a"], "labels": [{"answer": Infinity}]}', "labels[0].answer"),
+    ("/v1/openrlhf", b'{"query": [NaN]}', "query[0]"),
+    ("/get_reward", b'{"query": ["a"], "prompts": [Infinity]}', "prompts[0]"),
+    ("/get_reward", b'{"query": ["a"], "stop_reason": NaN}', "stop_reason"),  # ignored fields too
+])
+def test_non_finite_numbers_get_422_naming_the_field(url, path, body, field):
+    for ctype in ("application/json", None):
+        headers = {**AUTH, **({"content-type": ctype} if ctype else {})}
+        r = httpx.post(url + path, content=body, headers=headers)
+        assert r.status_code == 422, r.text[:300]
+        assert f"field {field}:" in _strict(r.text)["detail"]
+
+
+def test_non_finite_scores_become_item_errors_in_valid_json(test_plugins):
+    cfg = ServiceConfig(plugins=["nonfinite"], scorers={"nonfinite": {}}, openrlhf_scorer="nonfinite")
+    with serve(build_app(cfg, TOKEN)) as u:
+        r = post(u, "/v1/score", {"scorer": "nonfinite", "items": [{"completion": "x"}] * 4})
+        assert r.status_code == 200
+        res = _strict(r.text)["results"]
+        assert [x["status"] for x in res] == ["error", "error", "error", "ok"]
+        assert [x["score"] for x in res] == [None, None, None, 1.0]
+        assert "non-finite" in res[0]["details"]["reason"]
+        r = post(u, "/v1/openrlhf", {"query": ["a", "b", "c", "d"]})
+        out = _strict(r.text)
+        assert r.status_code == 200 and out["rewards"] == [0.0, 0.0, 0.0, 1.0]
+        assert out["extra_logs"]["reward_failed"] == [1.0, 1.0, 1.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def small_url():
+    """A service with the smallest body limit and few items per request."""
+    cfg = ServiceConfig(max_body_bytes=1024, max_items=4, scorers={"json_valid": {}}, openrlhf_scorer="json_valid")
+    with serve(build_app(cfg, TOKEN)) as u:
+        yield u
+
+
+def _count(metrics_text: str, code: str) -> float:
+    line = [x for x in metrics_text.splitlines() if x.startswith(f'reward_requests_total{{code="{code}",route="/v1/score"}}')]
+    return float(line[0].split()[-1]) if line else 0.0
+
+
+def test_client_splits_batches_the_service_refuses_as_too_large(small_url):
+    """413 for the body (1024 bytes) and for max_items (4): the client halves until each request fits,
+    and every item is scored, in order."""
+    c = RewardClient(small_url, TOKEN, timeout_s=5)  # batch_size 256: far over both limits
+    items = [Item("p", '{"k": "%s"}' % ("v" * 100) if i % 3 else "not json", None) for i in range(20)]
+    before = _count(httpx.get(small_url + "/metrics", headers=AUTH).text, "413")
+    res = c.score("json_valid", items)
+    assert [r.status for r in res] == ["ok"] * 20
+    assert [r.score for r in res] == [0.0 if i % 3 == 0 else 1.0 for i in range(20)]
+    assert _count(httpx.get(small_url + "/metrics", headers=AUTH).text, "413") > before  # it did have to split
+
+
+def test_an_item_too_large_alone_gets_an_error_naming_the_limit(small_url):
+    c = RewardClient(small_url, TOKEN, timeout_s=5)
+    items = [Item("p", "{}"), Item("p", "x" * 2000), Item("p", "[]")]
+    res = c.score("json_valid", items)
+    assert [r.score for r in res] == [1.0, None, 1.0]
+    assert res[1].status == "error" and "max_body_bytes" in res[1].details["reason"]
+    assert res[1].details["http_status"] == 413
+    # the same through a remote scorer, both wire formats
+    allow_destinations(["127.0.0.1"])
+    os.environ["TEST_SMALL_TOKEN"] = TOKEN
+    try:
+        raypost = make_scorer("remote", url=small_url, scorer="json_valid", token_env="TEST_SMALL_TOKEN")
+        openrlhf = make_scorer("remote", url=small_url + "/v1/openrlhf", protocol="openrlhf",
+                               token_env="TEST_SMALL_TOKEN")
+        for s in (raypost, openrlhf):
+            res = s.score(items + [Item("p", '{"a": 1}')] * 6)
+            assert [r.score for r in res] == [1.0, None, 1.0] + [1.0] * 6, s.protocol
+            assert res[1].status == "error" and "max_body_bytes" in res[1].details["reason"]
+    finally:
+        del os.environ["TEST_SMALL_TOKEN"]
+
+
 # ---- the command line and the Ray actor ----------------------------------------------------------------
 def test_command_line_service_refuses_without_token_then_serves():
     env = {k: v for k, v in os.environ.items() if k != "REWARD_API_TOKEN"}
