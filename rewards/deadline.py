@@ -91,6 +91,14 @@ class WorkerFailed(RuntimeError):
 def _worker_main(conn, specs: dict, plugins: list, remote_allow: list) -> None:
     """A worker process: build the served scorers once, then answer jobs ``(name, items, deadline)`` until EOF."""
     os.setsid()  # its own process group: a kill takes whatever the scorer started in it too
+    parent = os.getppid()
+
+    def orphaned():  # the service died (even by SIGKILL): a hung scorer must not run on without it
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=orphaned, name="reward-scorer-watch", daemon=True).start()
     try:
         from rewards.registry import enable_plugins, make_scorer
         from rewards.remote import allow_destinations

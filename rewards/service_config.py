@@ -30,9 +30,12 @@ class ServiceConfig:
     """Longest prompt, completion or (JSON-encoded) reference of an item; a longer item gets status error."""
     deadline_s: float = 30.0
     """Per-request deadline: items not scored by then come back with status timeout. A request may ask
-    for less (``deadline_s`` in the body), never more."""
+    for less (``deadline_s`` in the body), never more. A scorer still running then (2 s later for scorers
+    that stop on their own: the sandbox, the reward model) has its worker process killed."""
     max_concurrency: int = 4
-    """Requests scored at the same time; more get 429 with Retry-After at once (no unbounded queue)."""
+    """Requests scored at the same time, each in one of this many worker processes; more get 429 with
+    Retry-After at once (no unbounded queue). Every worker builds all served scorers (a reward model is
+    loaded once per worker); a killed worker is replaced on the next request."""
     plugins: list[str] = field(default_factory=list)
     """Installed entry-point plugins (group ``raypost.rewards``) this service may load."""
     remote_allow: list[str] = field(default_factory=list)
