@@ -93,7 +93,7 @@ def score_in_halves(items: list[Item], post_batch: Callable[[list[Item]], list[R
             return score_in_halves(items[:mid], post_batch) + score_in_halves(items[mid:], post_batch)
         return [Result(None, ERROR, {
             "reason": f"this item alone is too large for the reward service ({e}); raise the service's "
-                      f"max_body_bytes (or max_item_chars) or shorten the item", "http_status": 413})]
+                      f"max_body_bytes or shorten the item", "http_status": 413})]
 
 
 class RewardClient:

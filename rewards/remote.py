@@ -44,7 +44,8 @@ def check_destination(url: str) -> None:
 class RemoteScorer:
     """Score by calling ``url``. Options: ``url``, ``protocol`` ("raypost" | "openrlhf"), ``scorer`` (the
     remote scorer's name, raypost protocol), ``token_env`` (variable holding a bearer token; empty: none),
-    ``timeout_s``, ``retries`` (on 5xx and timeouts only)."""
+    ``timeout_s``, ``retries`` (on 5xx and timeouts only). A 413 is answered by sending the batch in halves;
+    an item too large alone gets status error naming ``max_body_bytes``."""
 
     url: str = ""
     protocol: str = "raypost"
