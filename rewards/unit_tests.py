@@ -36,17 +36,170 @@ from rewards.base import ERROR, FAIL, INFRA_ERROR, PASS, RUNTIME_ERROR, TIMEOUT,
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
-# Runs first inside the sandbox, before any untrusted line. Kept small and standard-library only.
+# The solution's process: a fresh interpreter that holds nothing of the tests. It loads the solution, sends
+# back its top-level names (plain values, or handles for functions, classes and objects), then answers calls
+# until its pipe closes. Everything it says is untrusted: the harness decodes it into fresh plain values.
+RUNNER = r'''
+import sys
+def _serve():
+    import builtins, io, json, os, traceback, types
+    dumps, loads, write, exit_now = json.dumps, json.loads, os.write, os._exit
+    StringIO, format_exception, is_, type_ = io.StringIO, traceback.format_exception, id, type
+    rd, wr = RD, int(sys.argv[2])
+    try:  # if memory runs out in the sandbox, the kernel should take the solution, not its judge
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    handles, ids = {}, {}
+    fn_types = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType,
+                types.LambdaType)
+    simple = {"bytes": bytes, "bytearray": bytearray}
+
+    def send(msg):
+        data = ((msg if type_(msg) is str else dumps(msg)) + "\n").encode()
+        while data:
+            data = data[write(wr, data):]
+
+    def ref(x):
+        h = ids.get(is_(x))
+        if h is None:
+            h = len(handles) + 1
+            handles[h], ids[is_(x)] = x, h
+        if isinstance(x, type):
+            exc = next((c.__name__ for c in x.__mro__ if c.__module__ == "builtins" and issubclass(c, Exception)),
+                       None) if issubclass(x, BaseException) else None
+            return {"$": "ref", "id": h, "k": "cls", "t": x.__name__, "exc": exc}
+        if isinstance(x, fn_types):
+            return {"$": "ref", "id": h, "k": "fn", "t": getattr(x, "__name__", "function")}
+        if hasattr(type_(x), "__next__"):
+            return {"$": "ref", "id": h, "k": "iter", "t": type_(x).__name__}
+        return {"$": "ref", "id": h, "k": "obj", "t": type_(x).__name__, "c": ref(type_(x))["id"]}
+
+    def enc(x):
+        t = type_(x)
+        if x is None or t is bool or t is int or t is str:
+            return x
+        if t is float:
+            return x if x - x == 0 else {"$": "float", "v": repr(x)}
+        if t is list:
+            return [enc(i) for i in x]
+        if t is tuple or t is set or t is frozenset:
+            return {"$": t.__name__, "v": [enc(i) for i in x]}
+        if t is dict:
+            return {"$": "dict", "v": [[enc(k), enc(v)] for k, v in x.items()]}
+        if t is bytes or t is bytearray:
+            return {"$": t.__name__, "v": x.hex()}
+        if t is complex:
+            return {"$": "complex", "v": [enc(x.real), enc(x.imag)]}
+        if t is range:
+            return {"$": "range", "v": [x.start, x.stop, x.step]}
+        return ref(x)
+
+    def dec(x):
+        t = type_(x)
+        if t is list:
+            return [dec(i) for i in x]
+        if t is not dict:
+            return x
+        tag, v = x["$"], x.get("v")
+        if tag == "ref":
+            return handles[x["id"]]
+        if tag == "dict":
+            return {dec(k): dec(i) for k, i in v}
+        if tag in simple:
+            return simple[tag].fromhex(v)
+        if tag == "float":
+            return float(v)
+        if tag == "complex":
+            return complex(*v)
+        if tag == "range":
+            return range(*v)
+        return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](dec(i) for i in v)
+
+    def raised(e):
+        info = {"types": [c.__name__ for c in type_(e).__mro__ if c.__module__ == "builtins"],
+                "t": type_(e).__name__, "cid": ids.get(is_(type_(e)))}
+        try:
+            info.update(message=str(e)[:1000], traceback="".join(format_exception(e))[-1500:])
+        except BaseException:
+            pass
+        return {"raised": info}
+
+    ops = {"len": len, "bool": bool, "str": str, "repr": repr, "iter": iter, "next": next,
+           "contains": lambda o, k: k in o, "getitem": lambda o, k: o[k],
+           "setitem": lambda o, k, v: o.__setitem__(k, v), "delitem": lambda o, k: o.__delitem__(k),
+           "getattr": getattr, "setattr": setattr, "delattr": delattr}
+    job = loads(rd.readline())
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(job["code"], "solution.py", "exec"), ns)
+    except SystemExit as e:
+        send({"exit": str(e.code)[:100]})
+        exit_now(0)
+    except BaseException as e:
+        send(raised(e))
+        exit_now(0)
+    exports = {}
+    for name, value in list(ns.items()):
+        if name.startswith("__") or isinstance(value, types.ModuleType):
+            continue
+        try:
+            exports[name] = enc(value)
+        except BaseException:
+            pass
+    def flush():
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except BaseException:
+                pass
+    flush()
+    send({"loaded": exports})
+    while True:
+        line = rd.readline()
+        if not line:
+            exit_now(0)
+        req = loads(line)
+        out, old_out, old_in = StringIO(), sys.stdout, sys.stdin
+        try:
+            sys.stdout = out
+            if req.get("stdin") is not None:
+                sys.stdin = StringIO(req["stdin"])
+            target = handles[req["id"]]
+            args, kwargs = [dec(a) for a in req["args"]], {k: dec(v) for k, v in req["kwargs"]}
+            if req["op"] == "call":
+                value = target(*args, **kwargs)
+            else:
+                value = ops[req["op"]](target, *args)
+            sys.stdout, sys.stdin = old_out, old_in
+            back = [enc(a) if type_(a) in (list, dict, set, bytearray) and enc(a) != r else None
+                    for a, r in zip(args + list(kwargs.values()), req["args"] + [v for _, v in req["kwargs"]])]
+            reply = dumps({"ok": enc(value), "out": out.getvalue(), "back": back})
+        except BaseException as e:
+            sys.stdout, sys.stdin = old_out, old_in
+            reply = raised(e)
+            reply["out"] = out.getvalue()
+        flush()
+        send(reply)
+_serve()
+'''
+
+# The tests' process: the first thing run in the sandbox. Reads the job, makes itself undumpable, sets the
+# rlimits, then starts RUNNER (or, for stdin/stdout cases, the program itself) and runs the tests against
+# proxies. Only this process holds the reporting pipe, the nonce and the test code.
 HARNESS = r'''
-import json, os, resource, sys, traceback
+import json, os, sys
 def _main():
-    fd = int(sys.argv[1])
-    job = json.loads(sys.stdin.buffer.read())
+    import builtins, ctypes, resource, selectors, signal, subprocess, traceback
+    chan = int(sys.argv[1])
+    os.set_inheritable(chan, False)
+    job = JOB
     nonce = job["nonce"]
     def report(event, **kw):
         kw.update(event=event, nonce=nonce)
         try:
-            os.write(fd, (json.dumps(kw) + "\n").encode())
+            os.write(chan, (json.dumps(kw) + "\n").encode())
         except Exception:
             pass
     def leave(code):
@@ -56,6 +209,11 @@ def _main():
             except Exception:
                 pass
         os._exit(code)
+    # Before any untrusted line exists: no same-uid ptrace, /proc/<pid>/mem, fd or environ of this process.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0 or libc.prctl(3, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, PR_GET_DUMPABLE
+        report("harness_error", message=f"prctl(PR_SET_DUMPABLE, 0) failed: errno {ctypes.get_errno()}")
+        leave(6)
     lim = job["limits"]
     mb = 1 << 20
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -63,28 +221,377 @@ def _main():
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory_mb"] * mb, lim["memory_mb"] * mb))
     resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_mb"] * mb, lim["file_mb"] * mb))
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
-    sys.stdin = open(os.devnull)
+    sys.stdin = devnull_in = open(os.devnull)
+    cases = job.get("cases")
     try:
-        tests = compile(job["tests"], "tests.py", "exec")
+        tests = compile(job["tests"], "tests.py", "exec") if cases is None else None
     except BaseException as e:
         report("tests_invalid", error=type(e).__name__, message=str(e)[:300])
         leave(2)
-    report("start")
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    solution = job.pop("solution")
+    code, runner = job.pop("solution"), job.pop("runner")
     del job
+    exe, max_reply, max_out = sys.executable, lim["reply_bytes"], lim["output_bytes"]
+
+    class Ended(BaseException):
+        """The solution process is gone (or broke the protocol): ends the tests, whatever they catch."""
+        def __init__(self, event, **info):
+            super().__init__(event)
+            self.event, self.info = event, info
+
+    def ended(proc, phase):
+        try:
+            rc = proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return Ended("solution_error", phase=phase, error="ProtocolError",
+                         message="the solution closed its side of the call pipe")
+        if rc < 0:
+            return Ended("solution_died", phase=phase, signal=-rc)
+        return Ended("exited_early", phase=phase, code=str(rc))
+
+    # ---- stdin/stdout programs: the whole solution, run afresh per case; its output judged here ----
+    if cases is not None:
+        report("start")
+        norm = lambda s: [ln.rstrip() for ln in s.rstrip().splitlines()]
+        for i, case in enumerate(cases):
+            proc = subprocess.Popen([exe, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, close_fds=True, cwd="/tmp")
+            out, err = bytearray(), bytearray()
+            pending = case["input"].encode()
+            sel = selectors.DefaultSelector()
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            if pending:
+                sel.register(proc.stdin, selectors.EVENT_WRITE, None)
+            else:
+                proc.stdin.close()
+            while sel.get_map():
+                for key, _ in sel.select():
+                    if key.data is None:
+                        try:
+                            pending = pending[os.write(key.fd, pending[:65536]):]
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            pending = b""
+                        if not pending:
+                            sel.unregister(key.fileobj)
+                            key.fileobj.close()
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if len(out) + len(err) > max_out:
+                        proc.kill()
+                        report("output_exceeded", phase="tests", case=i)
+                        leave(5)
+            rc = proc.wait()
+            sys.stdout.write(out[-4000:].decode(errors="replace"))
+            sys.stderr.write(err[-4000:].decode(errors="replace"))
+            if rc < 0:
+                report("solution_died", phase="tests", case=i, signal=-rc)
+                leave(5)
+            if rc != 0:
+                report("solution_error", case=i, error=f"exit status {rc}",
+                       message=err[-300:].decode(errors="replace"), traceback=err[-1500:].decode(errors="replace"))
+                leave(3)
+            got = out.decode(errors="replace")
+            if norm(got) != norm(case["output"]):
+                report("test_failed", case=i, error="WrongAnswer",
+                       message=f"case {i}: expected {case['output'][:120]!r}, got {got[:120]!r}")
+                leave(1)
+        report("tests_passed")
+        leave(0)
+
+    # ---- functions and classes: called across the process boundary, by value ----
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    report("start")
+    proc = subprocess.Popen([exe, "-I", "-c", BOOT_RUNNER, str(req_r), str(rep_w)], stdin=subprocess.DEVNULL,
+                            pass_fds=(req_r, rep_w), close_fds=True, cwd="/tmp")
+    os.close(req_r)
+    os.close(rep_w)
+    os.write(req_w, (json.dumps(runner) + "\n").encode())
+    del runner
+    rd = os.fdopen(rep_r, "rb", buffering=1 << 16)
+    dead = []
+
+    class SolutionError(Exception):
+        """What the solution sent back cannot be used (not a plain value, or not the protocol)."""
+
+    def ask(msg, phase="tests"):
+        if dead:
+            raise dead[0]
+        data = (json.dumps(msg) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(req_w, data):]
+        except OSError:
+            pass
+        line = rd.readline(max_reply + 1)
+        if not line.endswith(b"\n"):
+            if len(line) > max_reply:
+                proc.kill()
+                dead.append(SolutionError(f"the solution's reply is longer than {max_reply} bytes"))
+                raise dead[0]
+            dead.append(ended(proc, phase))
+            raise dead[0]
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
+            raise SolutionError("the solution's reply is not JSON") from None
+        if type(reply) is not dict:
+            raise SolutionError("the solution's reply is not a JSON object")
+        return reply
+
+    proxies, classes = {}, {}
+    SCALARS = (type(None), bool, int, str)
+
+    def enc(x):
+        t = type(x)
+        if t in SCALARS:
+            return x
+        if t is float:
+            return x if x - x == 0 else {"$": "float", "v": repr(x)}
+        if t is list:
+            return [enc(i) for i in x]
+        if t in (tuple, set, frozenset):
+            return {"$": t.__name__, "v": [enc(i) for i in x]}
+        if t is dict:
+            return {"$": "dict", "v": [[enc(k), enc(v)] for k, v in x.items()]}
+        if t in (bytes, bytearray):
+            return {"$": t.__name__, "v": x.hex()}
+        if t is complex:
+            return {"$": "complex", "v": [x.real, x.imag]}
+        if t is range:
+            return {"$": "range", "v": [x.start, x.stop, x.step]}
+        if isinstance(x, RemoteClass):
+            return {"$": "ref", "id": x._cid}
+        if isinstance(x, (Proxy, Fn, Iter)):
+            return {"$": "ref", "id": object.__getattribute__(x, "_id")}
+        raise TypeError(f"cannot pass a {t.__name__} to the solution: calls cross a process boundary by value "
+                        f"(plain data: None, bool, int, float, complex, str, bytes, list, tuple, dict, set, range)")
+
+    # What a reply may hold, by where it comes from. VALUES: a function's result (plain data; a returned
+    # function or iterator yields plain data too). OBJECTS: what a class builds, what an object's item or
+    # iterator gives, and the exports: solution objects too. METHODS: an attribute, where a bound method
+    # may return objects.
+    VALUES, OBJECTS, METHODS = 0, 1, 2
+
+    def dec(x, objects):
+        t = type(x)
+        if t in SCALARS or t is float:
+            return x
+        if t is list:
+            return [dec(i, objects) for i in x]
+        if t is not dict:
+            raise SolutionError(f"a {t.__name__} in the reply")
+        tag, v = x.get("$"), x.get("v")
+        if tag == "ref":
+            return proxy(x, objects)
+        if tag == "dict":
+            out = {}
+            for pair in v:
+                k, val = pair
+                out[dec(k, objects)] = dec(val, objects)
+            return out
+        if tag in ("tuple", "set", "frozenset"):
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](dec(i, objects) for i in v)
+        if tag in ("bytes", "bytearray"):
+            return {"bytes": bytes, "bytearray": bytearray}[tag].fromhex(v)
+        if tag == "float" and v in ("nan", "inf", "-inf"):
+            return float(v)
+        if tag == "complex" and all(type(i) in (int, float) for i in v):
+            return complex(*v)
+        if tag == "range" and all(type(i) is int for i in v):
+            return range(*v)
+        raise SolutionError(f"unknown value tag {tag!r} in the reply")
+
+    def proxy(x, objects):
+        k, i, name = x.get("k"), x.get("id"), str(x.get("t"))[:100]
+        if type(i) is not int:
+            raise SolutionError("a reference without an id")
+        if k == "fn":
+            return Fn(i, name, OBJECTS if objects == METHODS else VALUES)
+        if k == "iter":
+            return Iter(i, OBJECTS if objects else VALUES)
+        if not objects:
+            raise SolutionError(f"the solution returned a {name!r} object, not a plain value: results cross a "
+                                f"process boundary by value (None, bool, int, float, str, list, tuple, dict, ...)")
+        if k == "cls":
+            return remote_class(i, name, x.get("exc"))
+        if i not in proxies:
+            cls = classes.get(x.get("c"))
+            p = object.__new__(cls if isinstance(cls, RemoteClass) else Proxy)
+            object.__setattr__(p, "_id", i)
+            proxies[i] = p
+        return proxies[i]
+
+    def remote_class(i, name, exc):
+        if i not in classes:
+            base = getattr(builtins, exc, None) if exc else None
+            if isinstance(base, type) and issubclass(base, Exception):
+                # a solution-defined exception: a local class, so that `except TheirError` works
+                classes[i] = type(name, (base,), {"__module__": "solution"})
+            else:
+                classes[i] = RemoteClass(name, (Proxy,), {"_cid": i, "__module__": "solution"})
+        return classes[i]
+
+    def call(i, op, args, kwargs, objects):
+        stdin = sys.stdin.read() if sys.stdin is not devnull_in else None
+        reply = ask({"op": op, "id": i, "args": [enc(a) for a in args],
+                     "kwargs": [[str(k), enc(v)] for k, v in kwargs.items()], "stdin": stdin})
+        if type(reply.get("out")) is str and reply["out"]:
+            sys.stdout.write(reply["out"])
+        if "raised" in reply:
+            raise exception(reply["raised"])
+        if "ok" not in reply:
+            raise SolutionError("the solution's reply has neither a value nor an exception")
+        try:
+            value = dec(reply["ok"], objects)
+            back = reply.get("back") or []
+            for a, b in zip(list(args) + list(kwargs.values()), back):
+                if b is None:
+                    continue
+                b = dec(b, objects)
+                if type(a) is not type(b):
+                    raise SolutionError("an argument came back as another type")
+                if type(a) in (list, bytearray):
+                    a[:] = b
+                else:
+                    a.clear()
+                    a.update(b)
+        except SolutionError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise SolutionError(f"the solution's reply is malformed ({type(e).__name__}: {e})") from None
+        return value
+
+    def exception(info):
+        info = info if type(info) is dict else {}
+        msg = str(info.get("message", ""))[:1000]
+        cls = classes.get(info.get("cid"))
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            cls = next((c for c in (getattr(builtins, str(n), None) for n in (info.get("types") or [])[:64])
+                        if isinstance(c, type) and issubclass(c, Exception)), SolutionError)
+        try:
+            e = cls(msg)
+        except Exception:
+            e = SolutionError(msg)
+        e.add_note(f"(raised in the solution process as {str(info.get('t'))[:100]})\n"
+                   + str(info.get("traceback", ""))[-1500:])
+        return e
+
+    def refuse(*_):
+        raise TypeError("a solution object is compared with something else: compare plain values "
+                        "(attributes, or what its methods return)")
+
+    class Proxy:
+        """A solution object, reached only through calls; its comparisons are never asked of the solution."""
+        __slots__ = ("_id",)
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return call(self._id, "getattr", (name,), {}, METHODS)
+        def __setattr__(self, name, value):
+            call(self._id, "setattr", (name, value), {}, VALUES)
+        def __delattr__(self, name):
+            call(self._id, "delattr", (name,), {}, VALUES)
+        def __call__(self, *a, **k):
+            return call(self._id, "call", a, k, VALUES)
+        def __len__(self):
+            return call(self._id, "len", (), {}, VALUES)
+        def __bool__(self):
+            return call(self._id, "bool", (), {}, VALUES)
+        def __iter__(self):
+            return call(self._id, "iter", (), {}, OBJECTS)
+        def __contains__(self, k):
+            return call(self._id, "contains", (k,), {}, VALUES)
+        def __getitem__(self, k):
+            return call(self._id, "getitem", (k,), {}, OBJECTS)
+        def __setitem__(self, k, v):
+            call(self._id, "setitem", (k, v), {}, VALUES)
+        def __delitem__(self, k):
+            call(self._id, "delitem", (k,), {}, VALUES)
+        def __str__(self):
+            return call(self._id, "str", (), {}, VALUES)
+        def __repr__(self):
+            return call(self._id, "repr", (), {}, VALUES)
+        def __eq__(self, other):
+            if isinstance(other, (Proxy, Fn, Iter, RemoteClass)):
+                return self is other
+            refuse()
+        def __ne__(self, other):
+            return not self.__eq__(other)
+        __lt__ = __le__ = __gt__ = __ge__ = refuse
+        __hash__ = object.__hash__
+
+    class RemoteClass(type):
+        """A solution class: calling it builds the object in the solution process."""
+        def __call__(cls, *a, **k):
+            return call(cls._cid, "call", a, k, OBJECTS)
+        def __getattr__(cls, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return call(cls._cid, "getattr", (name,), {}, METHODS)
+        def __repr__(cls):
+            return f"<solution class {cls.__name__}>"
+
+    class Fn:
+        """A solution function: arguments go over by value, the result comes back by value."""
+        __slots__ = ("_id", "__name__", "_objects")
+        def __init__(self, i, name, objects):
+            self._id, self.__name__, self._objects = i, name, objects
+        def __call__(self, *a, **k):
+            return call(self._id, "call", a, k, self._objects)
+        def __repr__(self):
+            return f"<solution function {self.__name__}>"
+
+    class Iter:
+        """A solution iterator (a generator, say): each next() is one call."""
+        __slots__ = ("_id", "_objects")
+        def __init__(self, i, objects):
+            self._id, self._objects = i, objects
+        def __iter__(self):
+            return self
+        def __next__(self):
+            return call(self._id, "next", (), {}, self._objects)
+
+    # -- load the solution, then run the tests against what it exports --
     try:
-        exec(compile(solution, "solution.py", "exec"), ns)
-    except SystemExit as e:
-        report("exited_early", phase="solution", code=str(e.code)[:100])
+        reply = ask({"code": code}, phase="solution")
+        del code
+        if "exit" in reply:
+            report("exited_early", phase="solution", code=str(reply["exit"])[:100])
+            leave(4)
+        if "raised" in reply:
+            e = reply["raised"] if type(reply["raised"]) is dict else {}
+            report("solution_error", error=str(e.get("t"))[:100], message=str(e.get("message", ""))[:300],
+                   traceback=str(e.get("traceback", ""))[-1500:])
+            leave(3)
+        exports = reply.get("loaded")
+        if type(exports) is not dict:
+            raise SolutionError("the solution's first reply is not its exports")
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        for name, x in exports.items():
+            if type(name) is str and not name.startswith("__"):
+                ns[name] = dec(x, OBJECTS)
+    except Ended as e:
+        report(e.event, **e.info)
         leave(4)
-    except BaseException as e:
-        report("solution_error", error=type(e).__name__, message=str(e)[:300],
-               traceback="".join(traceback.format_exception(e))[-1500:])
+    except Exception as e:
+        report("solution_error", error="ProtocolError", message=f"{type(e).__name__}: {e}"[:300])
         leave(3)
     report("solution_done")
     try:
         exec(tests, ns)
+    except Ended as e:
+        report(e.event, **e.info)
+        leave(5)
     except SystemExit as e:
         report("exited_early", phase="tests", code=str(e.code)[:100])
         leave(4)
@@ -97,6 +604,13 @@ def _main():
 _main()
 '''
 
+# Started with these one-liners (the long sources come on stdin / the pipe), so that the command lines
+# every sandboxed process can read in /proc stay short.
+BOOT_HARNESS = "import json, sys; JOB = json.loads(sys.stdin.buffer.read()); exec(JOB.pop('harness'))"
+BOOT_RUNNER = ("import json, os, sys; RD = os.fdopen(int(sys.argv[1]), 'rb', buffering=1 << 16); "
+               "exec(json.loads(RD.readline()))")
+HARNESS = HARNESS.replace("BOOT_RUNNER", repr(BOOT_RUNNER))
+
 
 def extract_code(completion: str, block: str = "first") -> str:
     """The completion's ``first`` (or ``last``) fenced Python code block, or the whole completion."""
@@ -104,6 +618,19 @@ def extract_code(completion: str, block: str = "first") -> str:
     if not blocks:
         return completion
     return blocks[0] if block == "first" else blocks[-1]
+
+
+def reference_tests(reference) -> dict | str:
+    """The job's test part from an item's reference -- ``{"tests": code}`` for Python test code, ``{"cases":
+    [{"input", "output"}, ...]}`` for stdin/stdout cases -- or, as a string, why the reference is unusable."""
+    if isinstance(reference, str) and reference.strip():
+        return {"tests": reference}
+    if isinstance(reference, list) and reference and all(
+            isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
+            for c in reference):
+        return {"cases": [{"input": c["input"], "output": c["output"]} for c in reference]}
+    return ("reference must be Python test code (e.g. asserts) as a string, or stdin/stdout cases: "
+            "a non-empty list of {\"input\": str, \"output\": str}")
 
 
 def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, dict]:
@@ -124,11 +651,14 @@ def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, 
     if run.notes:
         details["notes"] = run.notes
     last = events[-1] if events else {}
-    for k in ("error", "message", "traceback", "phase", "code"):
+    for k in ("error", "message", "traceback", "phase", "code", "case"):
         if k in last:
             details[k] = last[k]
     if "tests_invalid" in names:
         return ERROR, {**details, "reason": "the reference's test code does not compile"}
+    if "harness_error" in names:
+        return INFRA_ERROR, {**details, "reason": "the test harness could not isolate itself: "
+                                                  + str(last.get("message", ""))}
     if "start" not in names:
         if run.wall_timeout:
             return TIMEOUT, {**details, "reason": "wall-clock limit before the program started"}
@@ -145,9 +675,16 @@ def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, 
         return RUNTIME_ERROR, {**details, "reason": "memory limit"}
     if run.wall_timeout:
         return TIMEOUT, {**details, "reason": f"wall-clock limit of {limits.wall_s:g} s"}
+    died = next((e for e in events if e.get("event") == "solution_died"), None)
+    if died is not None:
+        details["signal"] = died.get("signal")
+        if died.get("signal") in (24, 9):  # SIGXCPU at the soft CPU limit, SIGKILL at the hard one
+            return TIMEOUT, {**details, "reason": f"CPU limit of {limits.cpu_s} s"}
+        return RUNTIME_ERROR, {**details, "reason": f"the solution died of signal {died.get('signal')}"}
     if run.signal in (24, 9) and "solution_error" not in names:
-        # SIGXCPU at the soft CPU limit, SIGKILL at the hard one
         return TIMEOUT, {**details, "reason": f"CPU limit of {limits.cpu_s} s"}
+    if "output_exceeded" in names:
+        return RUNTIME_ERROR, {**details, "reason": f"output limit of {limits.output_bytes} bytes exceeded"}
     if "exited_early" in names or "solution_error" in names:
         reason = "exited before the tests finished" if "exited_early" in names else "the solution raised"
         return RUNTIME_ERROR, {**details, "reason": reason}
@@ -178,6 +715,7 @@ class PythonUnitTestScorer:
     pids: int = 32
     nofile: int = 64
     file_mb: int = 16
+    reply_bytes: int = 4 << 20
     name: str = "python_unit_tests"
     supports_deadline = True
 
@@ -197,20 +735,23 @@ class PythonUnitTestScorer:
     def _one(self, item: Item, deadline: float | None) -> Result:
         if not isinstance(item.completion, str):
             return Result(None, ERROR, {"reason": "completion is not a string"})
-        if not isinstance(item.reference, str) or not item.reference.strip():
-            return Result(None, ERROR, {"reason": "reference must be Python test code (e.g. asserts) as a string"})
+        tests = reference_tests(item.reference)
+        if isinstance(tests, str):
+            return Result(None, ERROR, {"reason": tests})
         code = extract_code(item.completion, self.block)
-        if len(code) + len(item.reference) > self.max_code_chars:
+        if len(code) + sum(map(len, map(str, tests.values()))) > self.max_code_chars:
             return Result(None, ERROR, {"reason": f"code plus tests longer than max_code_chars={self.max_code_chars}"})
         with self._slots:
             if deadline is not None and time.monotonic() >= deadline - 0.05:
                 return Result(None, TIMEOUT, {"reason": "deadline passed before the program could run"})
             nonce = secrets.token_hex(16)
-            job = json.dumps({"nonce": nonce, "solution": code, "tests": item.reference,
+            job = json.dumps({"nonce": nonce, "solution": code, **tests, "harness": HARNESS, "runner": RUNNER,
                               "limits": {"cpu_s": self.limits.cpu_s, "memory_mb": self.limits.memory_mb,
-                                         "file_mb": self.limits.file_mb, "nofile": self.limits.nofile}}).encode()
+                                         "file_mb": self.limits.file_mb, "nofile": self.limits.nofile,
+                                         "output_bytes": self.limits.output_bytes,
+                                         "reply_bytes": self.reply_bytes}}).encode()
             try:
-                run = sandbox.run([self.python, "-I", "-c", HARNESS, "{channel_fd}"], job, self.limits,
+                run = sandbox.run([self.python, "-I", "-c", BOOT_HARNESS, "{channel_fd}"], job, self.limits,
                                   extra_ro=self.extra_ro, deadline=deadline)
             except sandbox.SandboxUnavailable as e:
                 return Result(None, INFRA_ERROR, {"reason": f"sandbox unavailable, code not run: {e}"})
