@@ -35,7 +35,9 @@ class ServiceConfig:
     max_concurrency: int = 4
     """Requests scored at the same time, each in one of this many worker processes; more get 429 with
     Retry-After at once (no unbounded queue). Every worker builds all served scorers (a reward model is
-    loaded once per worker); a killed worker is replaced on the next request."""
+    loaded once per worker); a killed worker is replaced on the next request. A scorer's own bounds hold per
+    worker: ``python_unit_tests`` with ``workers: 2`` may run up to 2 x max_concurrency sandboxes at once,
+    and each worker's reward model uses torch's threads (set its ``threads`` option on a small machine)."""
     plugins: list[str] = field(default_factory=list)
     """Installed entry-point plugins (group ``raypost.rewards``) this service may load."""
     remote_allow: list[str] = field(default_factory=list)

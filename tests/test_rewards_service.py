@@ -354,6 +354,13 @@ class Hang:
         while True:
             time.sleep(0.05)
 
+class Crash:
+    name = 'crash'
+    def score(self, items):
+        if items[0].completion == 'die':
+            os._exit(3)  # as a segfault or the OOM killer would end it: no answer, no exception
+        return [Result(1.0, 'ok') for _ in items]
+
 class NonFinite:
     name = 'nonfinite'
     def score(self, items):
@@ -370,7 +377,8 @@ def test_plugins(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reliability-plugins\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[raypost.rewards]\nhang = reliability_plugins:Hang\n"
-                                           "nonfinite = reliability_plugins:NonFinite\n")
+                                           "nonfinite = reliability_plugins:NonFinite\n"
+                                           "crash = reliability_plugins:Crash\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_enabled", set())
     (tmp_path / "pids").mkdir()
@@ -428,6 +436,19 @@ def test_timed_out_scorers_leave_no_more_work_alive_than_the_cap(test_plugins):
         assert info["killed"] == 6 and info["busy"] == 0 and info["alive"] <= cfg.max_concurrency
         assert "reward_scorer_kills_total 6.0" in httpx.get(u + "/metrics", headers=AUTH).text
     assert not workers()  # closed with the app
+
+
+def test_a_scorer_that_kills_its_process_costs_its_items_only(test_plugins):
+    cfg = ServiceConfig(max_concurrency=1, plugins=["crash"], scorers={"crash": {}})
+    app = build_app(cfg, TOKEN)
+    with serve(app) as u:
+        r = post(u, "/v1/score", {"scorer": "crash", "items": [{"completion": "die"}, {"completion": "x"}]})
+        assert r.status_code == 200
+        res = r.json()["results"]
+        assert [x["status"] for x in res] == ["error", "error"] and "exit code 3" in res[0]["details"]["reason"]
+        assert app.state.pool.busy() == 0 and not app.state.pool.pids()
+        r = post(u, "/v1/score", {"scorer": "crash", "items": [{"completion": "x"}]})
+        assert r.json()["results"][0]["score"] == 1.0  # a fresh worker
 
 
 def _strict(text: str):
