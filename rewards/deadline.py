@@ -179,8 +179,9 @@ class ScorerPool:
     """
 
     def __init__(self, specs: dict[str, tuple[str, dict]], size: int, plugins=(), remote_allow=(),
-                 grace_s: float = GRACE_S, start_timeout_s: float = START_TIMEOUT_S):
+                 grace_s: float = GRACE_S, start_timeout_s: float = START_TIMEOUT_S, on_kill=None):
         self.size, self.grace_s, self.start_timeout_s = size, grace_s, start_timeout_s
+        self._on_kill = on_kill  # called once per worker killed for overrunning (e.g. a metric's inc)
         self._args = ({n: (b, dict(o)) for n, (b, o) in specs.items()}, list(plugins), list(remote_allow))
         self._ctx = multiprocessing.get_context("spawn")  # the service has threads: forking it is not safe
         self._lock = threading.Lock()
@@ -251,7 +252,10 @@ class ScorerPool:
                 if not w.conn.poll(timeout_s + (self.grace_s if w.deadline_aware.get(name) else 0.0)):
                     self._end(w)
                     w = None
-                    self.killed += 1
+                    with self._lock:
+                        self.killed += 1
+                    if self._on_kill:
+                        self._on_kill()
                     return [Result(None, TIMEOUT, {"reason": f"scorer {name!r} did not finish within {timeout_s:g} s"})
                             for _ in items]
                 _, results, leftover = w.conn.recv()

@@ -244,7 +244,7 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
         "kills": Counter("reward_scorer_kills_total", "Scorer worker processes killed for overrunning the deadline",
                          registry=registry),
     }
-    pool = ScorerPool(specs, cfg.max_concurrency, cfg.plugins, cfg.remote_allow)
+    pool = ScorerPool(specs, cfg.max_concurrency, cfg.plugins, cfg.remote_allow, on_kill=metrics["kills"].inc)
     Gauge("reward_scorer_workers", "Scorer worker processes alive (idle or running)", registry=registry
           ).set_function(lambda: len(pool.pids()))
 
@@ -262,10 +262,6 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
             raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {scorers}")
         if len(items) > cfg.max_items:
             raise HTTPException(413, f"batch of {len(items)} items over max_items={cfg.max_items}; send smaller batches")
-        lease = pool.lease()
-        if lease is None:
-            raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
-                                headers={"Retry-After": "1"})
         out: list[Result | None] = [None] * len(items)
         todo = []
         for i, it in enumerate(items):
@@ -276,7 +272,10 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
             else:
                 todo.append(i)
         timeout = min(cfg.deadline_s, deadline_s or math.inf)
-        kills = pool.killed
+        lease = pool.lease()
+        if lease is None:
+            raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
+                                headers={"Retry-After": "1"})
         metrics["in_flight"].inc()
         t0 = time.monotonic()
         try:
@@ -286,7 +285,6 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
             lease.release()  # only if the run never started
             metrics["in_flight"].dec()
             metrics["seconds"].labels(name).observe(time.monotonic() - t0)
-            metrics["kills"].inc(pool.killed - kills)
         for i, r in zip(todo, done):
             out[i] = r
         for r in out:
