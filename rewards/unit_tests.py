@@ -681,7 +681,7 @@ def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, 
         if died.get("signal") in (24, 9):  # SIGXCPU at the soft CPU limit, SIGKILL at the hard one
             return TIMEOUT, {**details, "reason": f"CPU limit of {limits.cpu_s} s"}
         return RUNTIME_ERROR, {**details, "reason": f"the solution died of signal {died.get('signal')}"}
-    if run.signal in (24, 9) and "solution_error" not in names:
+    if run.signal == 24:  # the tests' own process at its CPU limit (SIGXCPU; it never ignores it)
         return TIMEOUT, {**details, "reason": f"CPU limit of {limits.cpu_s} s"}
     if "output_exceeded" in names:
         return RUNTIME_ERROR, {**details, "reason": f"output limit of {limits.output_bytes} bytes exceeded"}
