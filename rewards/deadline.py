@@ -12,6 +12,7 @@ REST service's way: a slot of the pool is free only once the work in it has real
 """
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -129,11 +130,15 @@ def _worker_main(conn, specs: dict, plugins: list, remote_allow: list) -> None:
         # A scorer that left threads running (e.g. a composite whose component overran) still has work in
         # this process: say so, and the pool ends the process rather than count its slot free.
         leftover = any(t.is_alive() for t in threading.enumerate() if t not in baseline)
-        try:
-            conn.send(("done", results, leftover))
-        except Exception as e:  # noqa: BLE001 -- details that do not pickle
-            conn.send(("done", [Result(r.score, r.status, {"reason": f"details could not be sent: {e}"[:300]})
-                                for r in results], leftover))
+        conn.send(("done", [Result(r.score, r.status, _plain(r.details)) for r in results], leftover))
+
+
+def _plain(details: dict) -> dict:
+    """``details`` as JSON types only, so that nothing a plugin put there is unpickled in the service."""
+    try:
+        return json.loads(json.dumps(details, default=lambda o: str(o)[:1000]))
+    except (ValueError, TypeError, RecursionError) as e:  # a cycle, or too deep
+        return {"reason": f"details could not be sent: {type(e).__name__}"}
 
 
 class _Worker:
