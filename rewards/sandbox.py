@@ -234,17 +234,41 @@ def _root_binds(extra_ro: list[str]) -> list[str]:
     return args
 
 
-def sandbox_problem() -> str | None:
-    """Why the sandbox cannot run here (what to install or change), or None if it can."""
+_probe_lock = threading.Lock()
+_probed: list = []  # [answer] once this process has probed
+
+
+def sandbox_problem(refresh: bool = False) -> str | None:
+    """Why the sandbox cannot run here (what to install or change, or what failed), or None if it can.
+
+    The first call in a process runs a real tiny program through :func:`run` -- bwrap's namespaces, the
+    uid drop, the cgroups, the status pipe -- and the answer is cached (``refresh=True`` probes again).
+    A sandbox that only *looks* installed (bwrap present but no user namespaces, cgroups that cannot be
+    joined) is reported with the failure's own message.
+    """
+    with _probe_lock:
+        if refresh or not _probed:
+            _probed[:] = [_probe()]
+        return _probed[0]
+
+
+def _probe() -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed: run scripts/install.sh (or apt-get install -y bubblewrap)"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         return "setpriv (util-linux) is needed to drop to uid 65534 before starting bwrap"
     try:
-        _Cgroups(Limits(pids=4, memory_mb=16, tmp_mb=1)).remove()
+        r = run(["/bin/bash", "-c", 'echo ready >&"$0"', "{channel_fd}"], b"",
+                Limits(cpu_s=2, wall_s=20, memory_mb=32, tmp_mb=1, output_bytes=1 << 16, pids=4))
     except SandboxUnavailable as e:
         return str(e)
-    return None
+    except OSError as e:
+        return f"the sandbox failed to start: {e}"
+    if r.channel == b"ready\n" and r.exit_code == 0:
+        return None
+    said = (r.stderr[-400:] or r.stdout[-400:]).decode(errors="replace").strip() or "nothing"
+    why = "it hit the wall-clock limit of 20 s" if r.wall_timeout else f"exit status {r.exit_code}"
+    return f"a test program did not run in the sandbox ({why}); it said: {said}"
 
 
 def run(argv: list[str], stdin: bytes, limits: Limits, extra_ro: list[str] | None = None,

@@ -247,3 +247,33 @@ def test_deadline_keeps_finished_verdicts():
     assert rs[0].status == "pass"
     assert rs[1].status == "timeout" and rs[1].score is None  # cut by the caller, not a verdict
     assert rs[2].status == "timeout" and rs[2].score is None
+
+
+@pytest.fixture
+def reprobe():
+    """Probe again afterwards, so that later tests see the real sandbox's answer, not a patched one."""
+    yield
+    sandbox.sandbox_problem(refresh=True)
+
+
+def test_readiness_probe_runs_a_real_program(monkeypatch, reprobe):
+    import tempfile
+
+    # The probe ran a program through the real sandbox (this module is not skipped) and caches that.
+    assert sandbox.sandbox_problem() is None
+    assert sandbox.live_cgroups() == []
+    # A bwrap that is installed but cannot build namespaces, as in a container without user namespaces:
+    # found on PATH and executable, so only running a program can tell.
+    fake = Path(tempfile.mkdtemp(prefix="fake-bwrap-"))
+    fake.chmod(0o755)
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create a new namespace' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert sandbox.sandbox_problem() is None  # cached: one probe per process
+    problem = sandbox.sandbox_problem(refresh=True)
+    assert problem is not None and "No permissions to create a new namespace" in problem, problem
+    assert "exit status 1" in problem
+    monkeypatch.setattr(sandbox, "CGROUP_ROOT", Path("/nonexistent/cgroup"))
+    assert "cgroup" in sandbox.sandbox_problem(refresh=True)
+    monkeypatch.undo()
+    assert sandbox.sandbox_problem(refresh=True) is None
