@@ -142,10 +142,11 @@ def _serve():
         exit_now(0)
     exports = {}
     for name, value in list(ns.items()):
-        if name.startswith("__") or isinstance(value, types.ModuleType):
+        if name.startswith("__"):
             continue
         try:
-            exports[name] = enc(value)
+            exports[name] = ({"$": "module", "v": value.__name__} if isinstance(value, types.ModuleType)
+                             else ref(value) if type_(value) is types.GeneratorType else enc(value))
         except BaseException:
             pass
     def flush():
@@ -191,7 +192,7 @@ _serve()
 HARNESS = r'''
 import json, os, sys
 def _main():
-    import builtins, ctypes, resource, selectors, signal, subprocess, traceback
+    import builtins, ctypes, importlib, resource, selectors, subprocess, traceback
     chan = int(sys.argv[1])
     os.set_inheritable(chan, False)
     job = JOB
@@ -255,8 +256,13 @@ def _main():
         report("start")
         norm = lambda s: [ln.rstrip() for ln in s.rstrip().splitlines()]
         for i, case in enumerate(cases):
-            proc = subprocess.Popen([exe, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, close_fds=True, cwd="/tmp")
+            src_r, src_w = os.pipe()
+            proc = subprocess.Popen([exe, "-I", "-c", BOOT_PROGRAM, str(src_r)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(src_r,),
+                                    close_fds=True, cwd="/tmp")
+            os.close(src_r)
+            with open(src_w, "wb") as f:  # read whole by the child before it runs a line of it
+                f.write(code.encode())
             out, err = bytearray(), bytearray()
             pending = case["input"].encode()
             sel = selectors.DefaultSelector()
@@ -474,14 +480,16 @@ def _main():
     def exception(info):
         info = info if type(info) is dict else {}
         msg = str(info.get("message", ""))[:1000]
-        cls = classes.get(info.get("cid"))
-        if not (isinstance(cls, type) and issubclass(cls, Exception)):
-            cls = next((c for c in (getattr(builtins, str(n), None) for n in (info.get("types") or [])[:64])
-                        if isinstance(c, type) and issubclass(c, Exception)), SolutionError)
-        try:
-            e = cls(msg)
-        except Exception:
-            e = SolutionError(msg)
+        found = classes.get(info.get("cid"))
+        names = info.get("types") if type(info.get("types")) is list else []
+        candidates = [found] + [getattr(builtins, str(n), None) for n in names[:64]] + [SolutionError]
+        for cls in candidates:
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                try:
+                    e = cls(msg)  # some builtin exceptions take other arguments: then the next base
+                    break
+                except Exception:
+                    pass
         e.add_note(f"(raised in the solution process as {str(info.get('t'))[:100]})\n"
                    + str(info.get("traceback", ""))[-1500:])
         return e
@@ -578,8 +586,19 @@ def _main():
             raise SolutionError("the solution's first reply is not its exports")
         ns = {"__name__": "__main__", "__builtins__": builtins}
         for name, x in exports.items():
-            if type(name) is str and not name.startswith("__"):
-                ns[name] = dec(x, OBJECTS)
+            # A builtin's name keeps the builtin: `sorted = lambda xs: wrong` must not become the tests' sorted.
+            if type(name) is not str or name.startswith("__") or hasattr(builtins, name):
+                continue
+            if type(x) is dict and x.get("$") == "module":
+                # a module the solution imported: the tests get the real one, imported here (standard library only)
+                top = str(x.get("v")).partition(".")[0]
+                if top in sys.stdlib_module_names:
+                    try:
+                        ns[name] = importlib.import_module(str(x["v"]))
+                    except Exception:
+                        pass
+                continue
+            ns[name] = dec(x, OBJECTS)
     except Ended as e:
         report(e.event, **e.info)
         leave(4)
@@ -609,7 +628,9 @@ _main()
 BOOT_HARNESS = "import json, sys; JOB = json.loads(sys.stdin.buffer.read()); exec(JOB.pop('harness'))"
 BOOT_RUNNER = ("import json, os, sys; RD = os.fdopen(int(sys.argv[1]), 'rb', buffering=1 << 16); "
                "exec(json.loads(RD.readline()))")
-HARNESS = HARNESS.replace("BOOT_RUNNER", repr(BOOT_RUNNER))
+BOOT_PROGRAM = ("import os, sys; f = os.fdopen(int(sys.argv.pop(1)), 'rb'); src = f.read(); f.close(); "
+                "exec(compile(src, 'solution.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})")
+HARNESS = HARNESS.replace("BOOT_RUNNER", repr(BOOT_RUNNER)).replace("BOOT_PROGRAM", repr(BOOT_PROGRAM))
 
 
 def extract_code(completion: str, block: str = "first") -> str:

@@ -249,3 +249,17 @@ def test_infinite_loop_inside_a_call_is_a_timeout(scorer):
     r = scorer.score([Item("p", "def add(a, b):\n    while True:\n        pass\n", TESTS)])[0]
     assert (r.status, r.score) == ("timeout", 0.0), r
     assert r.details["signal"] in (9, 24)
+
+
+def test_shadowed_builtins_stay_the_tests_own(scorer):
+    # The tests compare against sorted(): a solution that redefines sorted must not judge itself.
+    code = "def sorted(xs):\n    return [0]\ndef sort_list(xs):\n    return [0]\nimport math\n"
+    tests = "assert sort_list([3, 1, 2]) == sorted([3, 1, 2])\n"
+    assert scorer.score([Item("p", code, tests)])[0].status == "fail"
+    # a module the solution imported is there for the tests too -- the real one, not the solution's
+    code = "import math\nmath.pi = 3\ndef area(r):\n    return math.pi * r * r\n"
+    r = scorer.score([Item("p", code, "assert math.isclose(area(1), math.pi)\n")])[0]
+    assert r.status == "fail" and r.details["error"] == "AssertionError", r
+    r = scorer.score([Item("p", "import math\ndef area(r):\n    return math.pi * r * r\n",
+                           "assert math.isclose(area(1), math.pi)\n")])[0]
+    assert r.status == "pass", r
