@@ -1,25 +1,71 @@
-"""Unit-test reward for Python: run the completion's code, then the reference's tests, in the sandbox.
+"""Unit-test reward for Python: the completion's code against the reference's tests, in two processes.
 
-The program is one interpreter (``/usr/bin/python3 -I`` by default, standard library only) started in
-:mod:`rewards.sandbox`. A small trusted harness runs first: it reads the job from stdin, sets the
-per-process rlimits, then executes the solution and the tests in one namespace and reports each phase,
-tagged with a per-run random nonce, on a private pipe. A verdict of ``pass`` needs the harness's own
-"tests passed" report: a program that exits with status 0 before the asserts run (``sys.exit(0)``,
-``os._exit(0)``) or that prints a fake success line does not pass.
+Two processes run inside one :mod:`rewards.sandbox` sandbox (namespaces, uid 65534, cgroups, rlimits):
+
+- the **tests' process** (``HARNESS``, started first, ``/usr/bin/python3 -I`` by default): reads the job from
+  stdin, makes itself undumpable (``prctl(PR_SET_DUMPABLE, 0)``: no same-uid ptrace, no ``/proc/<pid>/mem``,
+  ``fd``, ``environ`` or ``maps``), sets the rlimits, compiles the tests, and only then starts
+- the **solution's process** (``RUNNER``): a fresh interpreter (exec'd, not forked, so none of the tests'
+  memory) that inherits only stdin=/dev/null, the sandbox's stdout/stderr and two call pipes. It runs the
+  solution as ``__main__`` and sends back its top-level names.
+
+The tests run in the tests' process against proxies: ``add(2, 3)`` sends the arguments, JSON-encoded, to
+the solution's process, which calls the real function and sends back the result. Calls are **by value**:
+None, bool, int, float (inf/nan too), complex, str, bytes, bytearray, list, tuple, dict, set, frozenset,
+range cross; a result of any other type (an object whose ``__eq__`` / ``__ne__`` / ``__bool__`` lies, an
+``int`` subclass) is a ``SolutionError`` in the test, so the test fails. Everything the solution sends is
+decoded here into fresh plain objects; nothing it sends is code. Beyond plain functions:
+
+- classes: calling an exported class builds the object in the solution's process and returns a handle;
+  attributes, methods, ``len``, ``bool``, ``in``, ``[]``, iteration, ``str``/``repr`` are calls. A handle
+  is never compared by asking the solution: ``==`` between handles is identity, with a plain value a
+  TypeError (compare attributes, or what methods return). ``isinstance(obj, Cls)`` works; exception classes
+  the solution defines are local classes with the same builtin base, so ``except TheirError`` works;
+- a returned function (``make_adder(3)(4)``) or iterator / generator (``islice(fib(), 5)``) is a handle
+  whose calls / items come back by value;
+- list, dict, set and bytearray arguments that the call mutated are updated in place (``xs.sort()``);
+- what a call prints is written to the tests' ``sys.stdout`` (``redirect_stdout`` works), and a
+  ``sys.stdin`` the tests replaced is read and handed to the call (``input()`` works);
+- top-level data (``X = 1``, ``results = {...}``) is copied once, after the solution ran; a module the
+  solution imported is given to the tests as the real standard-library module of that name, imported in the
+  tests' process; a name of a builtin (``sorted``, ``isinstance``) is never taken from the solution.
+
+A reference is test code (a string of asserts, ``unittest``, ...) or stdin/stdout cases: a list of
+``{"input": str, "output": str}``. Each case runs the whole program afresh with that stdin; its stdout is
+compared here with the expected text (trailing whitespace on each line and trailing blank lines ignored).
+
+The tests' process reports each phase, tagged with a per-run random nonce, on a pipe that only it holds
+(the solution's process never inherits it); a ``pass`` needs its "tests passed" report.
 
 Statuses and scores:
 - ``pass`` 1.0 -- the tests ran to the end;
-- ``fail`` 0.0 -- a test raised (AssertionError, or any exception while the tests ran);
+- ``fail`` 0.0 -- a test raised (AssertionError, a SolutionError, any exception while the tests ran), or a
+  stdin/stdout case printed something else;
 - ``runtime_error`` 0.0 -- the solution did not compile or raised, exited before the tests finished, died
-  of a signal or hit the memory / output limit;
+  of a signal, killed the tests' process, or hit the memory / output limit;
 - ``timeout`` 0.0 -- CPU or wall-clock limit;
-- ``infra_error`` None -- the sandbox could not be built (never run unsandboxed: fail closed);
+- ``infra_error`` None -- the sandbox could not be built, or the tests' process could not make itself
+  undumpable (never run unsandboxed: fail closed);
 - ``error`` None -- the item itself is unusable (no test code, not strings, too long).
 
-Limitation, stated: code in the same interpreter as the harness can, with deliberate introspection
-(frames, ``gc``), find the nonce and forge a pass. The sandbox protects the host either way; defending
-the reward against such targeted hacking needs the tests in a separate process, which cannot see the
-solution's objects.
+Threat model. The completion is written by a policy that is rewarded for ``pass``, so it may be written
+*against the reward*: to find the harness (frames, ``gc``), forge its report (the pipe, the nonce, fake
+lines on stdout), patch what the tests rely on (builtins, ``AssertionError``, ``isinstance``, ``json``,
+``unittest``, ``sys.modules``), return objects that lie when compared, exit early, or reach into the tests'
+process (``/proc/<pid>/fd``, ``mem``, ptrace, signals). All of these end in ``fail`` / ``runtime_error`` /
+``timeout`` (``tests/test_reward_forgery.py``: 9 of its 18 attacks scored ``pass`` with the former one-
+interpreter harness). The solution's process can still: send the tests' process signals (SIGKILL, SIGSTOP:
+a 0.0 verdict, never a pass); ptrace bwrap's init (pid 1 in the sandbox, same uid, which holds only the
+drained job pipe and stdout/stderr); read the tests' command line (the short bootstrap, no secret);
+share ``/tmp`` with the tests (files are data the tests choose to read); and make ``bool(obj)``,
+``len(obj)`` or ``x in obj`` of *its own objects* say anything -- which is the class's behaviour, as a
+method's return value is, never a comparison against the tests' expected values.
+
+Out of scope: tests that ask the solution to judge itself (``assert check(f(2))`` with ``check`` from the
+solution) cannot be protected; results that are not plain data (numpy arrays, dataclass instances compared
+with ``==``) need the tests to compare plain values; callbacks from the tests into the solution
+(``apply(lambda x: x, 1)``) are refused; top-level data is a snapshot, not live; no seccomp filter is
+installed (the kernel's syscall surface is reduced only by namespaces, no capabilities and uid 65534).
 """
 from __future__ import annotations
 
@@ -355,6 +401,9 @@ def _main():
         return reply
 
     proxies, classes = {}, {}
+    # standard-library modules with effects at import (or this process's own namespace): never imported here
+    NO_IMPORT = {"__main__", "antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle",
+                 "turtledemo", "webbrowser", "pydoc", "site", "ensurepip", "venv", "pdb", "code"}
     SCALARS = (type(None), bool, int, str)
 
     def enc(x):
@@ -490,8 +539,9 @@ def _main():
                     break
                 except Exception:
                     pass
-        e.add_note(f"(raised in the solution process as {str(info.get('t'))[:100]})\n"
-                   + str(info.get("traceback", ""))[-1500:])
+        if hasattr(e, "add_note"):
+            e.add_note(f"(raised in the solution process as {str(info.get('t'))[:100]})\n"
+                       + str(info.get("traceback", ""))[-1500:])
         return e
 
     def refuse(*_):
@@ -592,7 +642,7 @@ def _main():
             if type(x) is dict and x.get("$") == "module":
                 # a module the solution imported: the tests get the real one, imported here (standard library only)
                 top = str(x.get("v")).partition(".")[0]
-                if top in sys.stdlib_module_names:
+                if top in getattr(sys, "stdlib_module_names", ()) and top not in NO_IMPORT:
                     try:
                         ns[name] = importlib.import_module(str(x["v"]))
                     except Exception:
