@@ -2,9 +2,12 @@
 sandboxed programs/s.
 
     .venv/bin/python bench/rewards_bench.py [--items 20000] [--programs 40] [--out runs/rewards_bench.json]
+        [--sandbox-only] [--rewards-from DIR]
 
 Prints one line per measurement and writes them all as JSON. The sandbox part needs bubblewrap and root
-(or a delegated cgroup); it is skipped with the reason otherwise.
+(or a delegated cgroup); it is skipped with the reason otherwise. ``--sandbox-only`` measures only the
+unit-test scorer; ``--rewards-from DIR`` imports the ``rewards`` package from DIR instead of this checkout,
+to compare with an older commit's (``git archive COMMIT rewards | tar -x -C DIR``).
 """
 from __future__ import annotations
 
@@ -17,9 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rewards import Item, make_scorer  # noqa: E402
+Item = make_scorer = None  # imported in main(), from this checkout or --rewards-from
 
 
 def json_corpus(n: int, seed: int = 0) -> list[Item]:
@@ -90,17 +91,39 @@ def sandbox_rate(n: int, workers: int) -> float:
     return n / dt
 
 
+def sandbox_ms_per_call(calls: int = 2000, repeat: int = 3) -> float:
+    """What one call from the tests into the solution adds: (an item making ``calls`` calls - an item
+    making one) / (calls - 1), best of ``repeat``, in milliseconds."""
+    s = make_scorer("python_unit_tests", workers=1)
+    many = Item("p", "def add(a, b):\n    return a + b", f"for i in range({calls}):\n    assert add(i, 1) == i + 1")
+    one = Item("p", "def add(a, b):\n    return a + b", "assert add(1, 1) == 2")
+    best = []
+    for item in (many, one):
+        times = []
+        for _ in range(repeat):
+            r = s.score([item])[0]
+            assert r.status == "pass", r
+            times.append(r.details["wall_s"])
+        best.append(min(times))
+    return 1000 * (best[0] - best[1]) / (calls - 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=20000)
     ap.add_argument("--programs", type=int, default=40)
     ap.add_argument("--out", default="runs/rewards_bench.json")
+    ap.add_argument("--sandbox-only", action="store_true", help="only the unit-test scorer's measurements")
+    ap.add_argument("--rewards-from", help="import the rewards package from this folder instead of the checkout")
     args = ap.parse_args()
+    sys.path.insert(0, args.rewards_from or str(Path(__file__).resolve().parents[1]))
+    global Item, make_scorer
+    from rewards import Item, make_scorer
     items = json_corpus(args.items)
     results = {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0], "items": args.items}
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}, "steps": {"type": "array"}},
               "required": ["answer"]}
-    measurements = [
+    measurements = [] if args.sandbox_only else [
         ("json_valid_items_per_s", lambda: rate(make_scorer("json_valid"), items)),
         ("json_valid_lenient_items_per_s", lambda: rate(make_scorer("json_valid", allow_nan=True,
                                                                     allow_duplicate_keys=True), items)),
@@ -114,12 +137,13 @@ def main():
     problem = sandbox_problem()
     if problem is None:
         measurements += [("sandbox_programs_per_s_1_worker", lambda: sandbox_rate(args.programs, 1)),
-                         ("sandbox_programs_per_s_2_workers", lambda: sandbox_rate(args.programs, 2))]
+                         ("sandbox_programs_per_s_2_workers", lambda: sandbox_rate(args.programs, 2)),
+                         ("sandbox_ms_per_call", sandbox_ms_per_call)]
     else:
         results["sandbox_skipped"] = problem
     for name, fn in measurements:
-        results[name] = round(fn(), 1)
-        print(f"{name:40s} {results[name]:>10.1f}", flush=True)
+        results[name] = round(fn(), 3)
+        print(f"{name:40s} {results[name]:>12.3f}", flush=True)
     results["load_avg_1m_at_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

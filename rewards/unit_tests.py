@@ -88,9 +88,9 @@ _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL |
 RUNNER = r'''
 import sys
 def _serve():
-    import builtins, io, json, os, traceback, types
+    import builtins, io, json, os, types
     dumps, loads, write, exit_now = json.dumps, json.loads, os.write, os._exit
-    StringIO, format_exception, is_, type_ = io.StringIO, traceback.format_exception, id, type
+    StringIO, is_, type_ = io.StringIO, id, type
     rd, wr = RD, int(sys.argv[2])
     try:  # if memory runs out in the sandbox, the kernel should take the solution, not its judge
         with open("/proc/self/oom_score_adj", "w") as f:
@@ -167,7 +167,8 @@ def _serve():
         info = {"types": [c.__name__ for c in type_(e).__mro__ if c.__module__ == "builtins"],
                 "t": type_(e).__name__, "cid": ids.get(is_(type_(e)))}
         try:
-            info.update(message=str(e)[:1000], traceback="".join(format_exception(e))[-1500:])
+            import traceback  # here, not at start-up: most runs never raise
+            info.update(message=str(e)[:1000], traceback="".join(traceback.format_exception(e))[-1500:])
         except BaseException:
             pass
         return {"raised": info}
