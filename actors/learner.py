@@ -143,17 +143,55 @@ class LearnerWorker:
         return {"version": self.version, "logprobs": [lp[i, : len(t) - 1].tolist() for i, t in enumerate(token_ids)]}
 
     # -- weights out ----------------------------------------------------------------------------------
-    def export_adapter(self, out_dir: str, engine_dtype: str = "float32") -> dict:
-        """Save the adapter as ``out_dir/vNNNNNN``; ``digest`` hashes what was written, in the form an engine of
-        ``engine_dtype`` holds it (actors/sync.py), for the identity check."""
-        path = save_adapter(self.model, Path(out_dir) / f"v{self.version:06d}")
-        return {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype)}
+    def export_adapter(self, out_dir: str, engine_dtype: str = "float32", mode: str = "lora") -> dict:
+        """Save the adapter as ``out_dir/vNNNNNN`` and, with ``mode`` 'merged', the merged weights the engine loads
+        in place (:meth:`_export_merged`). ``digest`` hashes what the engine must then hold, in the form an engine of
+        ``engine_dtype`` holds it (actors/sync.py), for the identity check. The adapter folder is written atomically
+        (a temporary sibling renamed over), so a crash never leaves a half-written version."""
+        final = Path(out_dir) / f"v{self.version:06d}"
+        path = _atomic_save_adapter(self.model, final)
+        if mode == "merged":
+            return self._export_merged(Path(out_dir), self.version, engine_dtype, adapter=path)
+        return {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype),
+                "mode": "lora"}
 
-    def calibration_adapter(self, out_dir: str, probe_ids: list[list[int]], engine_dtype: str = "float32") -> dict:
+    def _export_merged(self, out_dir: Path, version: int, engine_dtype: str, adapter: Path | None = None) -> dict:
+        """W' = W_0 + s B A for every adapted layer (learners/merge.py), cast to the engine's dtype and written to one
+        safetensors file the engine's worker loads by path; only the newest file is kept (the engine holds the
+        weights once loaded). Returns the path, the version, the per-weight digests of the cast tensors."""
+        from safetensors.torch import save_file
+
+        from actors.vllm_ext import tensor_digest
+        from learners.merge import merged_weights
+
+        if not hasattr(self, "_merge_cache"):
+            self._merge_cache = {}
+        dt = getattr(torch, engine_dtype)
+        with torch.no_grad():
+            tensors = {k: v.to(dt).contiguous() for k, v in merged_weights(self.model, self._merge_cache).items()}
+        root = out_dir / "merged"
+        root.mkdir(parents=True, exist_ok=True)
+        tag = "calibration" if version < 0 else f"v{version:06d}"
+        path = root / f"{tag}.safetensors"
+        tmp = root / f".tmp-{tag}.safetensors"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+        for old in root.glob("*.safetensors"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return {"path": str(path), "version": version, "mode": "merged",
+                "digest": {k: tensor_digest(v) for k, v in sorted(tensors.items())},
+                "adapter": str(adapter) if adapter is not None else None}
+
+    def calibration_adapter(self, out_dir: str, probe_ids: list[list[int]], engine_dtype: str = "float32",
+                            mode: str = "lora") -> dict:
         """The sync check's calibration weights: the current adapter with its B matrices replaced by seeded noise
-        (so that the engine's LoRA path computes something, unlike the untrained B = 0), saved to ``out_dir``,
-        with the learner's probe logprobs under them; the trained weights are restored exactly before returning.
-        The noise has A's own per-module scale, divided by the rank: a LoRA delta of the order a trained one has."""
+        (so that the engine's LoRA path computes something, unlike the untrained B = 0), saved to ``out_dir`` (and,
+        with ``mode`` 'merged', merged into the base for the engine), with the learner's probe logprobs under them;
+        the trained weights are restored exactly before returning. The noise has A's own per-module scale, divided
+        by the rank: a LoRA delta of the order a trained one has."""
+        from actors.sync import CALIBRATION_VERSION
+
         names = [n for n, p in self.model.named_parameters() if ".lora_B.default." in n]
         saved = {n: self.model.get_parameter(n).detach().clone() for n in names}
         gen = torch.Generator().manual_seed(1234)
@@ -163,13 +201,17 @@ class LearnerWorker:
                     p = self.model.get_parameter(n)
                     a = self.model.get_parameter(n.replace(".lora_B.", ".lora_A."))
                     p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p) * a.std() / a.shape[0])
-            path = save_adapter(self.model, out_dir)
+            path = _atomic_save_adapter(self.model, Path(out_dir))
             lp = self.probe_logprobs(probe_ids)["logprobs"]
+            if mode == "merged":
+                exp = self._export_merged(Path(out_dir).parent, CALIBRATION_VERSION, engine_dtype)
+            else:
+                exp = {"path": str(path), "digest": exported_lora_digest(path, engine_dtype), "mode": "lora"}
         finally:
             with torch.no_grad():
                 for n in names:
                     self.model.get_parameter(n).copy_(saved[n])
-        return {"path": str(path), "logprobs": lp, "digest": exported_lora_digest(path, engine_dtype)}
+        return {**exp, "logprobs": lp}
 
     def export_engine_base(self, out_dir: str) -> str:
         return str(export_engine_base(self.model_path, self.model, out_dir))
@@ -209,6 +251,26 @@ class LearnerWorker:
 LearnerActor = ray.remote(LearnerWorker)
 
 
+def _atomic_save_adapter(model, final: Path) -> Path:
+    """save_adapter into a temporary sibling folder, then rename it over ``final``: readers see the old version or
+    the new one, never a mix."""
+    import shutil
+
+    final = Path(final)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(model, tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
 def shard_by_group(group_ids: list[int], world: int) -> list[list[int]]:
     """Sample indices for ``world`` learners: whole groups (group-relative advantages need all of a group),
     consecutive groups per rank, group counts differing by at most one. Needs at least ``world`` groups."""
@@ -244,14 +306,18 @@ class LearnerGroup:
     def step(self, prompt_ids: list, completion_ids: list, rewards: list, group_ids: list, **per_sample) -> dict:
         """LearnerWorker.step on every rank with its shard (per-sample lists in ``per_sample`` are sharded too;
         None stays None); returns the metrics, which the ranks have already combined."""
+        return ray.get(self.step_refs(prompt_ids, completion_ids, rewards, group_ids, **per_sample))[0]
+
+    def step_refs(self, prompt_ids: list, completion_ids: list, rewards: list, group_ids: list, **per_sample) -> list:
+        """:meth:`step` without waiting: one ObjectRef per rank (rank 0's first), for a caller with a deadline."""
         if self.world == 1:
-            return ray.get(self.rank0.step.remote(prompt_ids, completion_ids, rewards, group_ids, **per_sample))
+            return [self.rank0.step.remote(prompt_ids, completion_ids, rewards, group_ids, **per_sample)]
         refs = []
         for actor, idx in zip(self.actors, shard_by_group(group_ids, self.world)):
             pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
             refs.append(actor.step.remote(pick(prompt_ids), pick(completion_ids), pick(rewards), pick(group_ids),
                                           **{k: pick(v) for k, v in per_sample.items()}))
-        return ray.get(refs)[0]
+        return refs
 
     def load_state(self, ckpt_dir: str) -> int:
         return ray.get([a.load_state.remote(ckpt_dir) for a in self.actors])[0]

@@ -61,6 +61,7 @@ class RolloutEngine:
         self.startup_s = time.time() - t0
         self.enable_lora = enable_lora
         self._lora = None  # LoRARequest of the loaded adapter
+        self._merged_digest: dict | None = None  # what the worker hashed after the last merged-weight load
         self._loads = 0
         self.adapter_version = -1  # -1: the base model
         # vLLM's CPU worker accepts sleep()/wake_up() and ignores them (logging a warning each time): skip both.
@@ -82,6 +83,29 @@ class RolloutEngine:
         self._lora = LoRARequest(lora_name=f"v{version}-{self._loads}", lora_int_id=self._loads, lora_path=str(path))
         self.adapter_version = version
         return version
+
+    def load_merged(self, path: str | os.PathLike, version: int) -> int:
+        """Load merged weights (W_0 + s B A of every adapted layer, a safetensors file written by the learner) into
+        the running engine in place and serve them as ``version``: the engine then computes with plain linear
+        kernels, no LoRA path (actors/vllm_ext.py: SyncExtension.load_merged)."""
+        if self.enable_lora:
+            raise RuntimeError("this engine serves adapters (enable_lora=True); merged weights need enable_lora=False")
+        if self.cfg.tensor_parallel_size > 1:
+            raise RuntimeError("merged-weight sync loads whole matrices: it needs rollout.tensor_parallel_size=1")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no merged weights at {path}")
+        self._ensure_awake()
+        (d,) = self.llm.collective_rpc("load_merged", args=(str(path),))
+        self._merged_digest = d
+        self.adapter_version = version
+        return version
+
+    def load_weights(self, exp: dict) -> int:
+        """Serve what the learner exported (``{"mode": "lora" | "merged", "path", "version"}``, see
+        LearnerWorker.export_adapter)."""
+        if exp.get("mode", "lora") == "merged":
+            return self.load_merged(exp["path"], exp["version"])
+        return self.load_adapter(exp["path"], exp["version"])
 
     def unload_adapter(self) -> None:
         self._lora = None
@@ -121,7 +145,7 @@ class RolloutEngine:
             for s in o.outputs:
                 lps = [d[t].logprob if d and t in d else float("nan") for d, t in zip(s.logprobs or [], s.token_ids)]
                 group.append({"text": s.text, "token_ids": list(s.token_ids), "logprobs": lps,
-                              "finish_reason": s.finish_reason})
+                              "finish_reason": s.finish_reason, "version": self.adapter_version})
                 ntok += len(s.token_ids)
             samples.append(group)
         return {"adapter_version": self.adapter_version, "samples": samples,
@@ -138,18 +162,22 @@ class RolloutEngine:
 
         self._ensure_awake()
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        res = []
-        # One request per call: vLLM 0.32's CPU LoRA logits path mis-sizes its index tensor when several
+        # With LoRA enabled, one request per call: vLLM 0.32's CPU LoRA logits path mis-sizes its index tensor when several
         # requests ask for prompt logprobs in one batch (einsum shape error that kills the engine).
-        for ids in token_ids:
-            (o,) = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], sp, lora_request=self._lora,
-                                     use_tqdm=False)
+        batches = [[ids] for ids in token_ids] if self.enable_lora else [token_ids]
+        outs = [o for b in batches for o in self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in b],
+                                                               sp, lora_request=self._lora, use_tqdm=False)]
+        res = []
+        for ids, o in zip(token_ids, outs):
             pl = o.prompt_logprobs or []
             res.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
         return {"adapter_version": self.adapter_version, "logprobs": res, "digest": self.adapter_digest()}
 
     def adapter_digest(self) -> dict | None:
-        """Per-module hashes of the adapter weights the engine computes with (after a request used them)."""
+        """Per-module hashes of the adapter weights the engine computes with (after a request used them); with
+        merged weights, those the worker hashed from its layers after the load."""
+        if not self.enable_lora:
+            return self._merged_digest
         if self._lora is None or self.cfg.tensor_parallel_size > 1:
             return None  # each tensor-parallel worker holds a shard; the probe still checks the effect
         (d,) = self.llm.collective_rpc("lora_digest", args=(self._lora.lora_int_id,))

@@ -74,7 +74,7 @@ def _identity(which: str, version: int, eng: dict, expected: dict[str, str]) -> 
     if d is None:
         return  # the engine serves no LoRA slot it can read back (tensor-parallel shards): the probe still checks
     if "error" in d:
-        raise SyncError(f"adapter v{version}: {which} cannot show the adapter it serves: {d['error']}")
+        raise SyncError(f"weights v{version}: {which} cannot show the weights it serves: {d['error']}")
     got = d["modules"]
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     differ = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
@@ -93,17 +93,22 @@ class SyncVerifier:
     ``sync/probe_move`` (how far this update moved the learner's probe logprobs), ``sync/probe_resolvable``."""
 
     def __init__(self, engines: list, learner, probe_ids: list[list[int]], engine_dtype: str = "float32",
-                 factor: float = 4.0):
+                 factor: float = 4.0, mode: str = "lora"):
+        """``mode``: how weights reach the engines (rollout.weight_sync resolved): 'lora' hot-loads the adapter into
+        the engine's LoRA slot, 'merged' loads W_0 + s B A into its linear layers in place. Both are checked the
+        same two ways; the identity hashes are of the LoRA slot or of the merged matrices."""
+        if mode not in ("lora", "merged"):
+            raise ValueError(f"weight sync mode {mode!r}: expected 'lora' or 'merged'")
         self.engines = list(engines)
-        self.learner, self.probe_ids, self.dtype, self.factor = learner, probe_ids, engine_dtype, factor
+        self.learner, self.probe_ids, self.dtype, self.factor, self.mode = learner, probe_ids, engine_dtype, factor, mode
         self.floor_mean = self.floor_max = self.tolerance = None
         self.prev_lp: list[list[float]] | None = None
 
     def _which(self, i: int) -> str:
         return f"rollout engine {i}" if len(self.engines) > 1 else "rollout engine"
 
-    def _probe_engines(self, path: str, version: int) -> list[dict]:
-        ray.get([e.load_adapter.remote(path, version) for e in self.engines])
+    def _probe_engines(self, exp: dict) -> list[dict]:
+        ray.get([e.load_weights.remote(exp) for e in self.engines])
         return ray.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines])
 
     def calibrate(self, adapters_dir: str | Path) -> dict:
@@ -111,9 +116,9 @@ class SyncVerifier:
         a seeded random B, so the LoRA path computes something, which the untrained B = 0 would not) exported,
         loaded and probed on both sides. The floor is the worst engine's gap; the tolerance follows from it."""
         cal = ray.get(self.learner.calibration_adapter.remote(str(Path(adapters_dir) / "calibration"), self.probe_ids,
-                                                              self.dtype))
+                                                              self.dtype, self.mode))
         gaps = []
-        for i, eng in enumerate(self._probe_engines(cal["path"], CALIBRATION_VERSION)):
+        for i, eng in enumerate(self._probe_engines({**cal, "version": CALIBRATION_VERSION})):
             _identity(self._which(i), CALIBRATION_VERSION, eng, cal["digest"])
             gaps.append(probe_gap(eng["logprobs"], cal["logprobs"]))
         self.floor_mean = max(g[0] for g in gaps)
@@ -124,10 +129,10 @@ class SyncVerifier:
         return {"sync/floor_mean": self.floor_mean, "sync/floor_max": self.floor_max, "sync/tolerance": self.tolerance}
 
     def sync(self, adapters_dir: str | Path) -> dict:
-        """Export the learner's adapter, load it into every engine and verify identity and effect (:meth:`check`)."""
+        """Export the learner's weights, load them into every engine and verify identity and effect (:meth:`check`)."""
         t0 = time.time()
-        exp = ray.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype))
-        ray.get([e.load_adapter.remote(exp["path"], exp["version"]) for e in self.engines])
+        exp = ray.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype, self.mode))
+        ray.get([e.load_weights.remote(exp) for e in self.engines])
         return {**self.check(exp), "time/sync": time.time() - t0}
 
     def check(self, exp: dict) -> dict:

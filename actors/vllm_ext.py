@@ -34,6 +34,52 @@ def canonical_lora(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, d
 class SyncExtension:
     """Mixed into vLLM's worker class (``LLM(worker_extension_cls="actors.vllm_ext.SyncExtension")``)."""
 
+    def load_merged(self, path: str) -> dict:
+        """Load merged linear weights (learners/merge.py, a safetensors file of transformers names) into the running
+        model in place, no restart, and hash what the layers now hold: ``{"dtype", "modules": {weight name: sha256}}``.
+
+        Parts of a packed matrix (q/k/v -> qkv_proj, gate/up -> gate_up_proj) are concatenated in the model's
+        ``packed_modules_mapping`` order, the layout vLLM's weight loaders build at start-up (one tensor-parallel
+        rank: the verifier refuses merged sync with shards). On CPU a linear layer computes with a prepacked copy
+        (oneDNN / sgl kernels) made from its weight at load time, so the layer gets the new weight and its kernel is
+        packed again from it; on GPU the weight is copied into the parameter the kernels read."""
+        from safetensors.torch import load_file
+
+        model = self.model_runner.model
+        tensors = load_file(path)
+        packed = getattr(model, "packed_modules_mapping", {})
+        part_of = {p: (k, i) for k, parts in packed.items() for i, p in enumerate(parts)}
+        groups: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+        for key, t in tensors.items():
+            mod = key.removesuffix(".weight")
+            parent, _, leaf = mod.rpartition(".")
+            target, idx = part_of.get(leaf, (leaf, 0))
+            groups.setdefault(f"{parent}.{target}", {})[idx] = (key, t)
+        out, dtype = {}, None
+        for name, parts in sorted(groups.items()):
+            layer = model.get_submodule(name)
+            leaf = name.rpartition(".")[2]
+            want = len(packed.get(leaf, [leaf]))
+            if sorted(parts) != list(range(want)):
+                raise ValueError(f"{name}: merged weights hold parts {sorted(parts)} of {want}; send every part")
+            dtype = layer.weight.dtype  # (an emptied weight keeps its dtype)
+            w = torch.cat([parts[i][1] for i in range(want)], 0).to(dtype)
+            if w.device.type == "cpu" and hasattr(layer, "cpu_linear"):
+                from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+                layer.weight = torch.nn.Parameter(w, requires_grad=False)
+                dispatch_cpu_unquantized_gemm(layer, remove_weight=False)  # keep the weight: it is what we hash
+            else:
+                if layer.weight.shape != w.shape:
+                    raise ValueError(f"{name}: weight {tuple(layer.weight.shape)}, merged {tuple(w.shape)}")
+                layer.weight.data.copy_(w.to(layer.weight.device))
+            held, row = layer.weight, 0
+            for i in range(want):
+                key, t = parts[i]
+                out[key] = tensor_digest(held[row:row + t.shape[0]])
+                row += t.shape[0]
+        return {"dtype": str(dtype).replace("torch.", ""), "modules": out}
+
     def lora_digest(self, lora_int_id: int) -> dict:
         """Per-module digests of the LoRA weights in the slot that serves ``lora_int_id``:
         ``{"dtype", "rank", "modules": {hf_module_name: sha256}}``, or ``{"error": ...}`` when that adapter is not
