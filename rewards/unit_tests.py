@@ -30,7 +30,8 @@ decoded here into fresh plain objects; nothing it sends is code. Beyond plain fu
   solution imported is given to the tests as the real standard-library module of that name, imported in the
   tests' process; a name of a builtin (``sorted``, ``isinstance``) is never taken from the solution.
 
-A reference is test code (a string of asserts, ``unittest``, ...) or stdin/stdout cases: a list of
+A reference is test code (a string of asserts, ``unittest`` -- ``unittest.main()`` included, whose exit
+status is the verdict --, ...) or stdin/stdout cases: a list of
 ``{"input": str, "output": str}``. Each case runs the whole program afresh with that stdin; its stdout is
 compared here with the expected text (trailing whitespace on each line and trailing blank lines ignored).
 
@@ -635,7 +636,12 @@ def _main():
         exports = reply.get("loaded")
         if type(exports) is not dict:
             raise SolutionError("the solution's first reply is not its exports")
-        ns = {"__name__": "__main__", "__builtins__": builtins}
+        # The tests run as this process's __main__ module, so that unittest.main() finds their TestCases.
+        main = type(sys)("__main__")
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        sys.argv = ["tests.py"]  # not the channel's fd number, which unittest.main() would take for a test name
+        ns = main.__dict__
         for name, x in exports.items():
             # A builtin's name keeps the builtin: `sorted = lambda xs: wrong` must not become the tests' sorted.
             if type(name) is not str or name.startswith("__") or hasattr(builtins, name):
@@ -663,8 +669,11 @@ def _main():
         report(e.event, **e.info)
         leave(5)
     except SystemExit as e:
-        report("exited_early", phase="tests", code=str(e.code)[:100])
-        leave(4)
+        # Only the tests can raise it here (a solution's exception arrives as an Exception): it is their
+        # verdict, as unittest.main() gives it -- 0 or None all passed.
+        if e.code not in (0, None):
+            report("test_failed", error="SystemExit", message=f"the tests exited with status {str(e.code)[:100]}")
+            leave(1)
     except BaseException as e:
         report("test_failed", error=type(e).__name__, message=str(e)[:300],
                traceback="".join(traceback.format_exception(e))[-1500:])
@@ -771,7 +780,8 @@ class PythonUnitTestScorer:
     Options: ``python`` (interpreter inside the sandbox), ``extra_ro`` (more read-only paths, e.g. a
     virtualenv with numpy), ``block`` ("first" | "last" fenced block), ``workers`` (sandboxes at once),
     ``max_code_chars``, and the limits ``cpu_s``, ``wall_s``, ``memory_mb``, ``tmp_mb``, ``output_bytes``,
-    ``pids``, ``nofile``, ``file_mb`` (see :class:`rewards.sandbox.Limits`).
+    ``pids``, ``nofile``, ``file_mb`` (see :class:`rewards.sandbox.Limits`), ``reply_bytes`` (the longest
+    reply the solution's process may send: its top-level data, or one call's result).
     """
 
     python: str = "/usr/bin/python3"

@@ -197,6 +197,9 @@ HONEST = [
      "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
      "res = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(T))\n"
      "assert res.wasSuccessful()\n"),
+    ("def add(a, b):\n    return a + b\n",
+     "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+     "unittest.main(verbosity=0)\n"),
     ("def f(*args, sep='-', **kw):\n    return sep.join(map(str, args)) + str(sorted(kw))\n",
      "assert f(1, 2, sep='+', z=1, a=2) == \"1+2['a', 'z']\"\n"),
 ]
@@ -219,6 +222,9 @@ WRONG_ONES = [
     ("def srt(xs):\n    return sorted(xs)\n", "xs = [3, 1, 2]\nsrt(xs)\nassert xs == [1, 2, 3]\n", "AssertionError"),
     ("def add(a, b):\n    return object()\n", TESTS, "SolutionError"),
     ("def add(a, b):\n    raise KeyError(a)\n", TESTS, "KeyError"),
+    ("def add(a, b):\n    return a - b\n",
+     "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+     "unittest.main(verbosity=0)\n", "SystemExit"),
 ]
 
 
