@@ -1,6 +1,9 @@
 """The reward role: a pool of scorers in-process, or the REST reward service, behind one call.
 
-Per item it returns a score and a status; a failing or slow scorer costs its items, never the step.
+Per item it returns a score and a status; a failing or slow scorer costs its items, never the step. An item that
+some scorer could not judge (score None: error, timeout, infra_error) is not a verdict: its reward is None and
+``valid`` is False, so the trainer leaves it out of the loss instead of training on a made-up 0
+(pipelines/rl_loop.py); ``failures`` counts each (scorer, status) so a run can say which scorer failed.
 """
 from __future__ import annotations
 
@@ -34,28 +37,31 @@ class RewardWorker:
             self.scorer = WeightedScorer(self.weights, reward_cfg.options, timeout_s=reward_cfg.timeout_s)
 
     def score(self, prompts: list[str], completions: list[str], references: list) -> dict:
+        """``{"rewards": [sum_k w_k s_k, or None], "valid": [bool], "statuses", "per_scorer": {k: mean over
+        judged items}, "failed": count, "failures": {"scorer:status": count}, "seconds"}``."""
         t0 = time.time()
         items = [Item(p, c, r) for p, c, r in zip(prompts, completions, references)]
         if self.client is not None:
             per = {name: self.client.score(name, items) for name in self.weights}
-            rewards, statuses, comp = [], [], {n: [] for n in self.weights}
-            for i in range(len(items)):
-                total = 0.0
-                for n, w in self.weights.items():
-                    s = per[n][i].score
-                    comp[n].append(s)
-                    total += w * (s or 0.0)
-                rewards.append(total)
-                statuses.append("ok" if any(per[n][i].score is not None for n in self.weights) else per[next(iter(self.weights))][i].status)
+            comp = {n: [per[n][i].score for i in range(len(items))] for n in self.weights}
+            comp_status = {n: [per[n][i].status for i in range(len(items))] for n in self.weights}
         else:
             results = self.scorer.score(items)
-            rewards = [r.score if r.score is not None else 0.0 for r in results]
-            statuses = [r.status for r in results]
             comp = {n: [r.details.get("scores", {}).get(n) for r in results] for n in self.weights}
-        per_scorer = {n: sum(v or 0.0 for v in vals) / max(1, len(vals)) for n, vals in comp.items()}
-        n_bad = sum(s != "ok" for s in statuses)
-        return {"rewards": rewards, "statuses": statuses, "per_scorer": per_scorer, "failed": n_bad,
-                "seconds": time.time() - t0}
+            comp_status = {n: [r.details.get("statuses", {}).get(n, r.status) for r in results] for n in self.weights}
+        rewards, valid, statuses, failures = [], [], [], {}
+        for i in range(len(items)):
+            bad = [n for n in self.weights if comp[n][i] is None]
+            for n in bad:
+                key = f"{n}:{comp_status[n][i]}"
+                failures[key] = failures.get(key, 0) + 1
+            valid.append(not bad)
+            rewards.append(sum(w * comp[n][i] for n, w in self.weights.items()) if not bad else None)
+            statuses.append("ok" if not bad else comp_status[bad[0]][i])
+        per_scorer = {n: (sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals)))
+                      for n, vals in comp.items()}
+        return {"rewards": rewards, "valid": valid, "statuses": statuses, "per_scorer": per_scorer,
+                "failed": sum(not v for v in valid), "failures": failures, "seconds": time.time() - t0}
 
 
 RewardActor = ray.remote(RewardWorker)
@@ -67,22 +73,40 @@ def merge_scores(parts: list[dict]) -> dict:
     sizes = [len(p["rewards"]) for p in parts]
     total = max(1, sum(sizes))
     names = parts[0]["per_scorer"] if parts else {}
-    return {"rewards": [r for p in parts for r in p["rewards"]], "statuses": [s for p in parts for s in p["statuses"]],
+    failures: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["failures"].items():
+            failures[k] = failures.get(k, 0) + v
+    return {"rewards": [r for p in parts for r in p["rewards"]], "valid": [v for p in parts for v in p["valid"]],
+            "statuses": [s for p in parts for s in p["statuses"]],
             "per_scorer": {n: sum(p["per_scorer"][n] * k for p, k in zip(parts, sizes)) / total for n in names},
-            "failed": sum(p["failed"] for p in parts), "seconds": max((p["seconds"] for p in parts), default=0.0)}
+            "failed": sum(p["failed"] for p in parts), "failures": failures,
+            "seconds": max((p["seconds"] for p in parts), default=0.0)}
+
+
+@ray.remote(num_cpus=0)
+def _merge_scores(*parts: dict) -> dict:
+    return merge_scores(list(parts))
 
 
 class RewardPool:
     """``cluster.reward.count`` reward actors used as one: :meth:`score` gives each a contiguous share of the
     items and returns the merged result (blocking)."""
 
-    def __init__(self, plan, pg, reward_cfg):
-        self.actors = [RewardActor.options(**actor_options(plan, pg, "reward", p.index)).remote(reward_cfg)
+    def __init__(self, plan, pg, reward_cfg, max_restarts: int = 3):
+        # A reward actor that dies (OOM, a scorer's crash, kill -9) is restarted by Ray and its call retried on the
+        # new one: scoring is a pure function of its inputs, so a retry is safe.
+        self.actors = [RewardActor.options(**actor_options(plan, pg, "reward", p.index), max_restarts=max_restarts,
+                                           max_task_retries=max_restarts).remote(reward_cfg)
                        for p in plan.of("reward")]
 
     def score(self, prompts: list[str], completions: list[str], references: list) -> dict:
+        return ray.get(self.score_ref(prompts, completions, references))
+
+    def score_ref(self, prompts: list[str], completions: list[str], references: list):
+        """:meth:`score` without waiting: one ObjectRef of the merged result, for a caller with a deadline."""
         if len(self.actors) == 1:
-            return ray.get(self.actors[0].score.remote(prompts, completions, references))
+            return self.actors[0].score.remote(prompts, completions, references)
         refs = [a.score.remote(prompts[lo:hi], completions[lo:hi], references[lo:hi])
                 for a, (lo, hi) in zip(self.actors, shares(len(prompts), len(self.actors)))]
-        return merge_scores(ray.get(refs))
+        return _merge_scores.remote(*refs)
