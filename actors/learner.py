@@ -130,16 +130,19 @@ class LearnerWorker:
             torch.cuda.empty_cache()
         return metrics
 
-    def _ref_logprobs(self, ids, att):
+    def _ref_logprobs(self, ids, att, positions=None):
+        """The reference policy's logprobs (no grad, adapter off or the frozen ``ref`` adapter), at ``positions``
+        only when given (the response tokens: the lean path of learners/logprobs.py)."""
         with reference_mode(self.model):
-            return batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size, self.temperature)
+            return batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size, self.temperature, positions)
 
     def probe_logprobs(self, token_ids: list[list[int]]) -> dict:
         """Token logprobs of fixed sequences under the current weights (the learner side of the sync check), at
         T = 1 like the engine's prompt logprobs."""
         ids, att, _ = build_sequences(token_ids, [[] for _ in token_ids], self.pad_id)
         self.model.eval()
-        lp = batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size)
+        # the lean path, as the training forward computes them (every real token is wanted)
+        lp = batched_logprobs(self.model, ids, att, self.train_cfg.micro_batch_size, positions=att[:, 1:])
         return {"version": self.version, "logprobs": [lp[i, : len(t) - 1].tolist() for i, t in enumerate(token_ids)]}
 
     # -- weights out ----------------------------------------------------------------------------------

@@ -1,23 +1,45 @@
-"""Token log-probabilities of given sequences under a causal LM."""
+"""Token log-probabilities of given sequences under a causal LM.
+
+Two ways to the same numbers. The plain one runs the whole model and takes log softmax of the [B, L, V] logits.
+The lean one (``positions`` given: the RL learner, which needs only the completion tokens) runs the backbone to its
+hidden states and applies the LM head only at the wanted positions, in chunks of positions, with
+log p(y) = z_y - logsumexp(z): neither the [B, L, V] logits nor their fp32 copy exist, and under autograd a
+chunk's logits are not kept for the backward pass either (each token's log p depends on its own hidden state
+only, so d log p / d h is formed in the forward pass, as Liger-Kernel's fused linear cross-entropy does).
+"""
 from __future__ import annotations
 
 import torch
+
+# fp32 elements of one chunk's [positions, V] logits: 2^25 x 4 bytes = 128 MiB (~220 positions at V = 151k)
+CHUNK_ELEMENTS = 2 ** 25
 
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[labels] without materialising the full [B, T, V] log-softmax twice:
     log p(y) = logit_y - logsumexp(logits)."""
-    logits = logits.float()
+    logits = logits.to(_acc(logits.dtype))
     return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      return_entropy: bool = False, temperature: float = 1.0):
+                      return_entropy: bool = False, temperature: float = 1.0, positions: torch.Tensor | None = None,
+                      entropy_grad: bool = True):
     """Per-token log pi_T(x_t | x_<t) for t = 1..L-1, aligned so that out[:, t-1] scores input_ids[:, t], where
     pi_T = softmax(logits / T) is the distribution a sampler at temperature T draws from (T = 1: the model's own).
 
     Returns [B, L-1] (and the per-position entropy of pi_T [B, L-1] when asked).
+
+    ``positions`` ([B, L-1], nonzero where wanted, e.g. the response mask): compute only there, by the lean path
+    (module docstring); the other entries are 0. Same numbers as the plain path up to float rounding
+    (tests/test_policy_math.py bounds it). ``entropy_grad=False``: the entropy is a logged number only, without
+    an autograd graph (algo.entropy_coef = 0).
     """
+    if positions is not None and positions.any():  # (none wanted: the plain path keeps the graph connected)
+        head = _plain_head(model)
+        if head is not None:
+            return _lean_logprobs(model, head, input_ids, attention_mask, positions.bool(), return_entropy,
+                                  temperature, entropy_grad)
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     logits = out.logits[:, :-1]
     if temperature != 1.0:
@@ -26,5 +48,125 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if return_entropy:
         from learners.policy_loss import entropy_from_logits
 
+        if not entropy_grad:
+            with torch.no_grad():
+                return lp, entropy_from_logits(logits)
         return lp, entropy_from_logits(logits)
     return lp
+
+
+def _plain_head(model):
+    """The model's LM head when logits are exactly head(final hidden state) -- a Linear without bias, and no
+    soft-capping or logit scaling in the config (Gemma 2, Cohere, Granite have those) -- else None: such models
+    take the plain path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or not hasattr(base, "get_decoder") or not hasattr(base, "get_output_embeddings"):
+        return None
+    if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    head = base.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    return head
+
+
+def _lean_logprobs(model, head, input_ids, attention_mask, want, return_entropy, temperature, entropy_grad):
+    B, L = input_ids.shape
+    # Trailing columns that are padding in every row change nothing before them (causal): cut them off.
+    n = int(attention_mask.any(0).nonzero().max()) + 1
+    n = max(n, int(want.any(0).nonzero().max()) + 2)  # column t-1 of ``want`` needs input column t
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=input_ids[:, :n], attention_mask=attention_mask[:, :n],
+                                use_cache=False).last_hidden_state  # [B, n, H]; LoRA layers act inside
+    sel = want[:, : n - 1]
+    h = hidden[:, :-1][sel]          # [N, H] the states that predict the wanted tokens
+    y = input_ids[:, 1:n][sel]       # [N]
+    W = head.weight
+    if torch.is_grad_enabled() and W.requires_grad:  # a trained head (full fine-tune): plain autograd, in chunks
+        lp, ent = _chunked_autograd(h, W, y, temperature)
+    elif torch.is_grad_enabled() and h.requires_grad:
+        lp, ent = _HeadLogprob.apply(h, W, y, float(temperature), return_entropy and entropy_grad)
+    else:
+        with torch.no_grad():
+            lp, ent, _, _ = _head_logprob_chunks(h, W, y, float(temperature), False, False)
+    where = torch.zeros(B, L - 1, dtype=torch.bool, device=want.device)
+    where[:, : n - 1] = sel
+    out = lp.new_zeros(B, L - 1).masked_scatter(where, lp)  # row-major, the order boolean indexing took them in
+    if not return_entropy:
+        return out
+    return out, ent.new_zeros(B, L - 1).masked_scatter(where, ent if entropy_grad else ent.detach())
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The log-softmax's dtype: fp32 for fp32/bf16/fp16 logits (as TRL and veRL compute it), fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _chunk(V: int) -> int:
+    return max(1, CHUNK_ELEMENTS // V)
+
+
+def _head_logprob_chunks(h, W, y, T, grad_lp: bool, grad_ent: bool):
+    """Per chunk of positions: z = (h W^T) / T in fp32, log p(y) = z_y - logsumexp(z), H = logsumexp(z) - sum_v p_v z_v,
+    and when asked the per-token input gradients (for z = h W^T / T, with p = softmax(z)):
+
+        d log p(y) / d h = (onehot(y) - p) W / T
+        d H / d h        = -(p * (log p + H)) W / T
+    """
+    N, V = h.shape[0], W.shape[0]
+    lp = torch.empty(N, dtype=_acc(h.dtype), device=h.device)
+    ent = torch.empty(N, dtype=_acc(h.dtype), device=h.device)
+    d_lp = torch.empty_like(h) if grad_lp else None
+    d_ent = torch.empty_like(h) if grad_ent else None
+    for s in range(0, N, _chunk(V)):
+        e = min(N, s + _chunk(V))
+        z = torch.nn.functional.linear(h[s:e], W).to(_acc(W.dtype))
+        if T != 1.0:
+            z = z / T
+        lse = torch.logsumexp(z, dim=-1)
+        logp = z - lse[:, None]
+        p = logp.exp()
+        lp[s:e] = logp.gather(1, y[s:e, None]).squeeze(1)
+        ent[s:e] = -(p * logp).sum(-1)
+        if grad_ent:
+            g = -(p * (logp + ent[s:e, None]))
+            d_ent[s:e] = (g / T).to(W.dtype) @ W
+        if grad_lp:
+            g = p.neg_()
+            g.scatter_add_(1, y[s:e, None], torch.ones_like(lp[s:e, None]))
+            d_lp[s:e] = (g / T).to(W.dtype) @ W
+    return lp, ent, d_lp, d_ent
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """(log p(y_n), H_n) per position from hidden states h [N, H] and a frozen head W [V, H]; the backward pass is
+    grad_h = g_lp * d log p / d h + g_H * d H / d h with the per-token derivatives formed in forward."""
+
+    @staticmethod
+    def forward(ctx, h, W, y, T, grad_ent):
+        lp, ent, d_lp, d_ent = _head_logprob_chunks(h, W, y, T, True, grad_ent)
+        ctx.save_for_backward(d_lp, d_ent if grad_ent else None)
+        if not grad_ent:
+            ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        d_lp, d_ent = ctx.saved_tensors
+        grad = g_lp[:, None].to(d_lp.dtype) * d_lp if g_lp is not None else torch.zeros_like(d_lp)
+        if d_ent is not None and g_ent is not None:
+            grad = grad + g_ent[:, None].to(d_ent.dtype) * d_ent
+        return grad, None, None, None, None
+
+
+def _chunked_autograd(h, W, y, T):
+    lps, ents = [], []
+    for s in range(0, h.shape[0], _chunk(W.shape[0])):
+        z = torch.nn.functional.linear(h[s:s + _chunk(W.shape[0])], W).to(_acc(W.dtype))
+        if T != 1.0:
+            z = z / T
+        logp = torch.log_softmax(z, dim=-1)
+        lps.append(logp.gather(1, y[s:s + z.shape[0], None]).squeeze(1))
+        ents.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(lps), torch.cat(ents)

@@ -141,5 +141,5 @@ def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H(pi(.|s_t)) = -sum_v p_v log p_v for each position: [B, T, V] -> [B, T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return -(logp.exp() * logp).sum(-1)

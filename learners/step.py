@@ -116,9 +116,11 @@ def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_
 
 @torch.no_grad()
 def batched_logprobs(model, ids: torch.Tensor, att: torch.Tensor, micro_batch_size: int,
-                     temperature: float = 1.0) -> torch.Tensor:
-    """Token logprobs [B, L-1] (of pi_T, see :func:`sequence_logprobs`) micro-batch by micro-batch without gradients."""
-    out = [sequence_logprobs(model, ids[i:i + micro_batch_size], att[i:i + micro_batch_size], temperature=temperature)
+                     temperature: float = 1.0, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Token logprobs [B, L-1] (of pi_T, see :func:`sequence_logprobs`) micro-batch by micro-batch without gradients;
+    with ``positions`` ([B, L-1]) only there (0 elsewhere), by the lean path."""
+    out = [sequence_logprobs(model, ids[i:i + micro_batch_size], att[i:i + micro_batch_size], temperature=temperature,
+                             positions=None if positions is None else positions[i:i + micro_batch_size])
            for i in range(0, ids.shape[0], micro_batch_size)]
     return torch.cat(out, 0)
 
@@ -139,8 +141,9 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
     holds ``returns`` (lists, for the critic) and the measured KL of the batch.
 
-    ``ref_logprobs_fn(ids, att)`` gives the reference policy's logprobs (the learner runs the model with its
-    adapter off; at ``temperature``, like every logprob here). ``behaviour_logprobs`` are the engine's sampling
+    ``ref_logprobs_fn(ids, att, positions)`` gives the reference policy's logprobs at the response positions (the
+    learner runs the model with its adapter off; at ``temperature``, like every logprob here). Reference and old
+    logprobs are computed at response positions only: nothing reads the others. ``behaviour_logprobs`` are the engine's sampling
     logprobs (mu, of the distribution it sampled from): the mismatch between them and
     the learner's pi_old is measured and corrected by importance weights in :func:`rl_objective`
     (learners/rollout_correction.py) -- the engine's kernels differ, and under asynchronous rollout so does its
@@ -153,9 +156,9 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
         batch.engine_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
     model.eval()
     if kl_coef > 0:
-        batch.ref_logp = ref_logprobs_fn(ids, att)
+        batch.ref_logp = ref_logprobs_fn(ids, att, resp)
     if batch.old_logp is None and needs_old_logprobs(algo, train, kl_coef):
-        batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size, temperature)
+        batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size, temperature, positions=resp)
     info: dict = {}
     kl = None
     if batch.ref_logp is not None and batch.old_logp is not None:
@@ -228,8 +231,10 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
 def rl_loss(model, mb: RLBatch, algo, kl_coef: float | None = None, correction: str = "none",
             is_cap: float = 2.0, temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
     """:func:`rl_objective` on one micro-batch, with the policy's logprobs and entropies computed here (of pi_T, the
-    distribution the engine sampled from at ``temperature``, as TRL and veRL do)."""
-    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True, temperature=temperature)
+    distribution the engine sampled from at ``temperature``, as TRL and veRL do) at the response positions only;
+    the entropy has an autograd graph only when it is in the loss (``algo.entropy_coef`` != 0)."""
+    logp, entropy = sequence_logprobs(model, mb.input_ids, mb.attention_mask, return_entropy=True, temperature=temperature,
+                                      positions=mb.response_mask, entropy_grad=bool(algo.entropy_coef))
     return rl_objective(logp, entropy, mb.old_logp, mb.ref_logp, mb.advantages, mb.response_mask, algo, kl_coef,
                         mb.engine_logp, correction, is_cap)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from config import AlgoConfig, ConfigError, load, Config
+from config import AlgoConfig, ConfigError, load, Config, LoraConfig
 from learners.advantages import (ADV_ESTIMATORS, discounted_returns, gae_advantages, get_adv_estimator, group_relative,
                                  leave_one_out, masked_whiten, outcome_token_rewards, zero_variance_groups)
 from learners.algorithms import ALGORITHMS, resolve
@@ -318,3 +318,190 @@ def test_micro_batch_accumulation_gives_the_full_batch_update(tiny_model_dir, lo
     # factor 4 of headroom for the backward's own reordering). A wrong micro-batch weight is off by a factor, far above.
     atol = 12 * torch.finfo(torch.float32).eps * scale.item()
     torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=atol)
+
+
+# ------------------------------------------------------------------------------ the lean logprob path
+
+U32 = 2.0 ** -24  # unit roundoff of fp32 (half its epsilon)
+
+
+def _gamma(n: int, u: float = U32) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative bound on a sum or dot product of n terms in floating point."""
+    return n * u / (1 - n * u)
+
+
+def _tiny_lora_with_a_live_adapter(tiny_model_dir, finetune="qlora"):
+    from learners.models import load_policy
+
+    model, tok = load_policy(tiny_model_dir, finetune, LoraConfig(r=8, alpha=16), "float32")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # B = 0 would leave the adapter's gradient path untested
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model, tok
+
+
+def _padded_batch(vocab: int):
+    """Right-padded rows of differing length; the last two columns are padding in every row (the lean path cuts
+    them), and the wanted positions are each row's completion."""
+    gen = torch.Generator().manual_seed(11)
+    lens, prompt = (22, 17, 20), 6
+    L = max(lens) + 2
+    ids = torch.zeros(3, L, dtype=torch.long)
+    att = torch.zeros(3, L, dtype=torch.long)
+    want = torch.zeros(3, L - 1)
+    for i, n in enumerate(lens):
+        ids[i, :n] = torch.randint(3, vocab, (n,), generator=gen)
+        att[i, :n] = 1
+        want[i, prompt - 1: n - 1] = 1
+    return ids, att, want
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_lean_logprobs_equal_the_full_logits_path(tiny_model_dir, temperature):
+    """sequence_logprobs with ``positions`` (hidden states, the head at those positions only, chunked
+    logit_y - logsumexp) gives the plain path's [B, L-1] logprobs and entropies there, 0 elsewhere.
+
+    Bound: both paths run the same backbone on the same tokens and differ only in how the head's matmul and the
+    log-softmax are blocked. Per path, z = h W^T / T is off by at most dz = gamma_H max(|h| |W|^T) / T + u max|z|;
+    logsumexp by dz + gamma_V + u max|lse|; so log p by 2 dz + gamma_V + u (max|lse| + max|log p|), and the entropy
+    (sum_v p_v (lse - z_v)) by delta (H + 1) + gamma_V H with delta = 2 dz + gamma_V + 2u, the relative error of p.
+    Two paths: twice each."""
+    from learners.logprobs import sequence_logprobs
+
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir)
+    ids, att, want = _padded_batch(model.config.vocab_size)
+    model.train()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=att, output_hidden_states=True)
+        lp_full, ent_full = sequence_logprobs(model, ids, att, True, temperature)
+        lp_lean, ent_lean = sequence_logprobs(model, ids, att, True, temperature, positions=want)
+    h = out.hidden_states[-1][:, :-1].double()
+    W = model.get_output_embeddings().weight.double()
+    H, V = W.shape[1], W.shape[0]
+    z = out.logits[:, :-1].double() / temperature
+    lse = torch.logsumexp(z, -1)
+    dz = _gamma(H) * (h.abs() @ W.abs().T).amax().item() / temperature + U32 * z.abs().amax().item()
+    lp_tol = 2 * (2 * dz + _gamma(V) + U32 * (lse.abs().amax() + lp_full.abs().amax()).item())
+    delta = 2 * dz + _gamma(V) + 2 * U32
+    ent_tol = 2 * (delta * (ent_full.amax().item() + 1) + _gamma(V) * ent_full.amax().item())
+    w = want.bool()
+    assert (lp_lean[w] - lp_full[w]).abs().max().item() <= lp_tol
+    assert (ent_lean[w] - ent_full[w]).abs().max().item() <= ent_tol
+    assert torch.equal(lp_lean[~w], torch.zeros_like(lp_lean[~w]))  # nothing computed off the wanted positions
+    assert (lp_full[w] - lp_full[w].mean()).abs().max() > 100 * lp_tol  # the bound is far below what is compared
+
+
+def test_lean_head_gradient_against_float64_autograd():
+    """The lean path's backward (d log p / d h and d H / d h formed in the forward pass, in chunks) against autograd
+    of the plain formula in float64, for loss = sum_n a_n log p_n + b_n H_n at T = 0.8, over several chunks.
+
+    Bound, first order in u: the fp32 computation forms G_v = a (onehot_v - p_v) - b p_v (log p_v + H), then
+    G W / T. With delta the relative error of p (as above) and |d log p_v| <= delta, |dH| <= delta (H + 1):
+    |dG_v| <= |a| p_v delta + |b| p_v (delta |log p_v + H| + 2 delta + delta H) + u |G_v|, and the matmul adds
+    gamma_V sum_v |G_v| |W_vk|; so |d grad_k| <= sum_v (|dG_v| + gamma_V |G_v|) |W_vk| / T + u |grad_k|."""
+    import learners.logprobs as lpmod
+
+    gen = torch.Generator().manual_seed(3)
+    N, H, V, T = 37, 24, 50, 0.8
+    h = (torch.randn(N, H, generator=gen) * 2).requires_grad_(True)
+    W = torch.randn(V, H, generator=gen)
+    y = torch.randint(0, V, (N,), generator=gen)
+    a, b = torch.randn(N, generator=gen), torch.randn(N, generator=gen)
+    chunk = lpmod.CHUNK_ELEMENTS
+    lpmod.CHUNK_ELEMENTS = 8 * V  # 8 positions a chunk: five chunks, the last one short
+    try:
+        lp, ent = lpmod._HeadLogprob.apply(h, W, y, T, True)
+    finally:
+        lpmod.CHUNK_ELEMENTS = chunk
+    (g_lean,) = torch.autograd.grad((a * lp + b * ent).sum(), h)
+
+    h64 = h.detach().double().requires_grad_(True)
+    logp = torch.log_softmax(h64 @ W.double().T / T, -1)
+    p = logp.exp()
+    ent64 = -(p * logp).sum(-1)
+    lp64 = logp.gather(1, y[:, None]).squeeze(1)
+    (g64,) = torch.autograd.grad((a.double() * lp64 + b.double() * ent64).sum(), h64)
+    torch.testing.assert_close(lp.double(), lp64.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent.double(), ent64.detach(), rtol=0, atol=1e-5)
+
+    with torch.no_grad():
+        z = h64 @ W.double().T / T
+        dz = _gamma(H) * (h64.abs() @ W.double().abs().T).amax(-1, keepdim=True) / T + U32 * z.abs().amax(-1, keepdim=True)
+        delta = 2 * dz + _gamma(V) + 2 * U32
+        Hn = ent64[:, None]
+        onehot = torch.nn.functional.one_hot(y, V).double()
+        A, Bc = a.double()[:, None], b.double()[:, None]
+        G = A * (onehot - p) - Bc * p * (logp + Hn)
+        dG = A.abs() * p * delta + Bc.abs() * p * delta * ((logp + Hn).abs() + 2 + Hn) + U32 * G.abs()
+        bound = (dG + _gamma(V) * G.abs()) @ W.double().abs() / T + U32 * g64.abs()
+    err = (g_lean.double() - g64).abs()
+    assert (err <= bound).all(), (err / bound).max()
+    assert g64.abs().max() > 100 * bound.max()  # a wrong sign, factor or missing term fails by far
+
+
+def test_lean_gradients_equal_the_plain_path_in_float64(tiny_model_dir):
+    """The whole model: LoRA gradients of a GRPO-like loss through the lean path equal those through the plain
+    full-logits path. In float64 (finetune=lora, the model cast to double) so that a worst-case bound is still
+    tight: the longest chain of accumulations behind one gradient entry is at most n = L (H + V + I) x layers terms,
+    and Higham's gamma_n (u = 2^-53) bounds each ordering's error relative to the largest entry, so two orderings
+    differ by at most 2 gamma_n max|grad|."""
+    from learners.logprobs import sequence_logprobs
+
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, "lora")
+    model.double()
+    ids, att, want = _padded_batch(model.config.vocab_size)
+    adv = torch.randn(3, 1, generator=torch.Generator().manual_seed(2)).double() * want.double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    grads = []
+    for positions in (None, want):
+        lp, ent = sequence_logprobs(model, ids, att, True, 0.8, positions=positions, entropy_grad=True)
+        loss = -(adv * torch.exp(lp - lp.detach()) * want).sum() - 0.01 * (ent * want).sum()
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    c = model.config
+    n = ids.shape[1] * (c.hidden_size + c.vocab_size + c.intermediate_size) * c.num_hidden_layers
+    bound = 2 * _gamma(n, 2.0 ** -53) * grads[0].abs().max().item()
+    assert (grads[0] - grads[1]).abs().max().item() <= bound
+    assert grads[0].abs().max().item() > 1e6 * bound
+
+
+def test_entropy_only_logged_has_no_graph(tiny_model_dir):
+    """algo.entropy_coef = 0: the entropy is a number for the logs, with no autograd graph behind it."""
+    from learners.logprobs import sequence_logprobs
+
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir)
+    ids, att, want = _padded_batch(model.config.vocab_size)
+    model.train()
+    for positions in (None, want):
+        lp, ent = sequence_logprobs(model, ids, att, True, positions=positions, entropy_grad=False)
+        assert lp.requires_grad and not ent.requires_grad and ent.grad_fn is None
+        lp, ent = sequence_logprobs(model, ids, att, True, positions=positions, entropy_grad=True)
+        assert ent.requires_grad
+
+
+def test_one_update_per_batch_takes_no_old_logprob_pass(tiny_model_dir):
+    """GRPO with one minibatch and one epoch: prepare_batch computes no pi_old (rho = exp(logp - logp.detach()));
+    the reference logprobs exist at the response positions only. Two epochs need pi_old."""
+    from config import TrainConfig
+    from learners.step import needs_old_logprobs, prepare_batch
+
+    model, tok = _tiny_lora_with_a_live_adapter(tiny_model_dir)
+    algo = resolve(AlgoConfig(name="grpo", kl_coef=0.02))
+    calls = []
+
+    def ref_fn(ids, att, positions):
+        calls.append(positions)
+        return torch.zeros(ids.shape[0], ids.shape[1] - 1)
+
+    prompts, comps = [[5, 6, 7], [5, 6, 7]], [[8, 9], [10, 11, 12]]
+    for epochs, wants_old in ((1, False), (2, True)):
+        train = TrainConfig(epochs=epochs)
+        assert needs_old_logprobs(algo, train, 0.02) is wants_old
+        batch, _ = prepare_batch(model, prompts, comps, [1.0, 0.0], [0, 0], algo, train, tok.pad_token_id, 0.02, ref_fn)
+        assert (batch.old_logp is not None) is wants_old
+        assert torch.equal(calls[-1], batch.response_mask)
+        if wants_old:
+            assert torch.equal(batch.old_logp[batch.response_mask == 0], torch.zeros(int((batch.response_mask == 0).sum())))
+            assert (batch.old_logp[batch.response_mask > 0] < 0).all()
