@@ -14,6 +14,12 @@ from config import ConfigError
 from runlog.checkpoints import latest_checkpoint
 
 
+# What the pipelines write first into a run folder: overwrite=true deletes only a folder holding one of these, so a
+# mistyped runs_dir/run_name (the runs_dir itself, a source tree) is refused rather than deleted.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "data_report.json", "pairs.jsonl",
+             "suites", "tb")
+
+
 def run_dir_entries(run_dir: str | os.PathLike) -> list[str]:
     """What an earlier run left in ``run_dir`` (metrics.jsonl, checkpoints, summary.json, ...): the names of its
     entries, sorted; [] for a missing or empty folder."""
@@ -26,6 +32,10 @@ def replace_run_dir(run_dir: str | os.PathLike) -> None:
     is under ``run_dir``), then delete the renamed copy. A kill during the delete leaves only a hidden
     ``.<name>.replaced-*`` sibling, which the next call sweeps."""
     p = Path(run_dir)
+    entries = run_dir_entries(p)
+    if entries and (Path.cwd().resolve().is_relative_to(p.resolve()) or not set(entries) & set(RUN_FILES)):
+        raise ConfigError(f"overwrite=true would delete {p.resolve()}, which is not one run's folder (it holds the "
+                          f"working directory, or none of {', '.join(RUN_FILES)}); check runs_dir and run_name")
     for leftover in p.parent.glob(f".{p.name}.replaced-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     if not p.exists():

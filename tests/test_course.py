@@ -41,16 +41,17 @@ def test_merged_model_is_remade_when_the_adapter_changes(tiny_model_dir, tmp_pat
     assert (out / "model.safetensors").stat().st_mtime_ns == made  # same sources: reused
 
 
-def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path):
+def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path, capfd):
     from pipelines.course import main
 
-    s = main([f"runs_dir={tmp_path}", "run_name=course", "model.preset=tiny", "data.warm_start_steps=0",
-              "tensorboard=false", "progress=false", "eval.suites=[heldout]", "eval.limit=8",
-              "sft:sft.steps=4", "sft:sft.mix_total=64", "sft:sft.eval_every=0",
-              "dpo:train.steps=3", "dpo:dpo.builtin_prompts=32", "dpo:dpo.batch_size=8",
-              "grpo:train.steps=2", "grpo:train.prompts_per_step=2", "grpo:rollout.n_samples=2",
-              "grpo:train.heldout_prompts=4", "grpo:data.builtin_size=64",
-              "continual:continual.train_size=16", "continual:continual.test_size=8", "continual:continual.epochs=1"])
+    argv = [f"runs_dir={tmp_path}", "run_name=course", "model.preset=tiny", "data.warm_start_steps=0",
+            "tensorboard=false", "progress=false", "eval.suites=[heldout]", "eval.limit=8",
+            "sft:sft.steps=4", "sft:sft.mix_total=64", "sft:sft.eval_every=0",
+            "dpo:train.steps=3", "dpo:dpo.builtin_prompts=32", "dpo:dpo.batch_size=8",
+            "grpo:train.steps=2", "grpo:train.prompts_per_step=2", "grpo:rollout.n_samples=2",
+            "grpo:train.heldout_prompts=4", "grpo:data.builtin_size=64",
+            "continual:continual.train_size=16", "continual:continual.test_size=8", "continual:continual.epochs=1"]
+    s = main(argv)
     course = tmp_path / "course"
     header = (course / "comparison.md").read_text().splitlines()[0]
     assert [c.strip() for c in header.split("|")[2:7]] == ["base", "sft", "dpo", "grpo", "continual"]
@@ -113,3 +114,17 @@ def test_resumed_course_reuses_finished_stages_and_resumes_cut_off_ones(tmp_path
     (early / "metrics.jsonl").write_text('{"step": 0}\n')
     with pytest.raises(RuntimeError, match=r"rm.py overwrite=true runs_dir="):
         run_stage("rm.py", [f"runs_dir={tmp_path}", "run_name=rm", "model.path=/nonexistent/model"], early, env, True)
+
+    # Resumed as if cut off during the continual stage (before its summary): the three finished stages are reused
+    # (not run again), the continual stage starts again over what it left, and the table is rebuilt.
+    sft_metrics = (course / "sft" / "metrics.jsonl").read_text()
+    (course / "continual" / "summary.json").unlink()
+    capfd.readouterr()
+    s2 = main(argv + ["resume=true"])
+    out = capfd.readouterr().out
+    assert all(f"[course] {stage}: finished in an earlier attempt" in out for stage in ("sft", "dpo", "grpo"))
+    ran = [line for line in out.splitlines() if line.startswith("[course] $ ")]
+    assert len(ran) == 1 and "pipelines/continual.py overwrite=true " in ran[0], ran  # the only stage run again
+    assert (course / "sft" / "metrics.jsonl").read_text() == sft_metrics
+    assert s2["sft_heldout_loss"] == s["sft_heldout_loss"] and s2["grpo_heldout_reward"] == s["grpo_heldout_reward"]
+    assert (course / "continual" / "summary.json").exists() and s2["stages"]["continual"]["method"] == "inscl"
