@@ -89,8 +89,10 @@ class ModelConfig:
     """Seed for the tiny model's weights and tokenizer."""
     finetune: Literal["qlora", "lora", "full"] = "qlora"
     """qlora: 4-bit NF4 base + LoRA; lora: bf16/fp32 base + LoRA; full: every weight trains."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Compute dtype of the learner (fp32 on CPU is fastest for tiny models)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype of the frozen base in the learner's forward/backward (LoRA weights and optimizer state stay
+    fp32). auto: bfloat16 where the hardware has it (every CUDA GPU; a CPU with AVX512-BF16 or AMX), float32
+    elsewhere -- learners.models.resolve_dtype, which every consumer (learner, engines) applies."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Adapter shape."""
     gradient_checkpointing: bool = False

@@ -15,7 +15,46 @@ import torch
 
 from config import ConfigError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+class _Dtypes(dict):
+    """torch dtypes by ``model.dtype`` name; ``auto`` (or a bad name) goes through :func:`resolve_dtype` for this
+    process's default device -- callers that know their device call resolve_dtype(name, device) first."""
+
+    def __missing__(self, name: str) -> torch.dtype:
+        return self[resolve_dtype(name)]
+
+
+DTYPES = _Dtypes(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
+
+# /proc/cpuinfo flags that mean bf16 arithmetic in hardware (AVX512-BF16 dot products, AMX bf16 tiles)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (the ``flags`` line of /proc/cpuinfo); empty where there is none."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve_dtype(name: str, device: str | None = None, flags: set[str] | None = None) -> str:
+    """``model.dtype`` as the name of a concrete dtype: ``auto`` is ``bfloat16`` where the hardware computes in it
+    (every CUDA device; a CPU whose ``flags`` -- by default this machine's, from /proc/cpuinfo -- include
+    avx512_bf16 or amx_bf16) and ``float32`` elsewhere (on a CPU without them bf16 is emulated and slower); any
+    other name is returned as it is. ``device``: cuda[:N] or cpu; None means cuda where torch sees one."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ConfigError(f"model.dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+        return name
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda"):
+        return "bfloat16"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if any(f in flags for f in CPU_BF16_FLAGS) else "float32"
 
 
 def load_tokenizer(model_path: str | os.PathLike):
@@ -35,7 +74,9 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
     ``finetune``: ``qlora`` (NF4 4-bit frozen base, double quantisation, LoRA on top), ``lora`` (frozen
     base in ``dtype`` + LoRA) or ``full``. ``lora`` is a :class:`config.LoraConfig` (or None for its
     defaults). ``adapter_path`` resumes a saved PEFT adapter instead of a fresh one. ``fused_4bit_cpu``:
-    see :func:`select_4bit_kernel` (off: every forward of the model takes the same kernel).
+    see :func:`select_4bit_kernel` (off: every forward of the model takes the same kernel). ``dtype`` (see
+    :func:`resolve_dtype`) is the compute dtype of the frozen base; LoRA weights, their gradients and the
+    optimizer state stay fp32 whatever it is (peft keeps adapters in fp32 and casts their input).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -43,8 +84,8 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
         raise ValueError(f"model.finetune must be qlora, lora or full, got {finetune!r}")
     if not Path(model_path, "config.json").exists():
         raise FileNotFoundError(f"no model at {model_path} (expected a transformers folder with config.json)")
-    torch_dtype = DTYPES[dtype]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     kwargs: dict = {"dtype": torch_dtype}
     if finetune == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -1,6 +1,7 @@
 """The tiny-model factory's output loads in transformers, peft, bitsandbytes 4-bit (with a backward step)
 and vLLM's CPU engine."""
 import json
+import math
 
 import pytest
 import torch
@@ -149,3 +150,55 @@ def test_learner_started_from_an_adapter_anchors_to_it(tiny_model_dir, tmp_path)
     from config import ConfigError
     with pytest.raises(ConfigError, match="model.adapter: needs model.finetune=qlora or lora"):
         load(Config, "tiny-cpu", ["model.finetune=full", f"model.adapter={start}"])
+
+
+def test_resolve_dtype_reads_the_hardware(tmp_path):
+    """model.dtype=auto: bf16 on every CUDA device and on CPUs with AVX512-BF16 or AMX-BF16, fp32 on other CPUs;
+    named dtypes pass through; the CPU's flags come from /proc/cpuinfo unless given."""
+    from config import ConfigError
+    from learners.models import cpu_flags, resolve_dtype
+
+    assert resolve_dtype("auto", "cpu", {"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", {"amx_tile", "amx_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", {"avx512f", "avx512_vnni", "amx_int8"}) == "float32"
+    assert resolve_dtype("auto", "cpu", set()) == "float32"
+    assert resolve_dtype("auto", "cuda:1", set()) == "bfloat16"
+    assert resolve_dtype("float32", "cuda", {"avx512_bf16"}) == "float32"
+    assert resolve_dtype("bfloat16", "cpu", set()) == "bfloat16"
+    with pytest.raises(ConfigError, match="model.dtype"):
+        resolve_dtype("fp8", "cpu")
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_flags(fake) == {"fpu", "sse2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "absent") == set()
+    # this machine, read the plain way
+    words = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    want = "bfloat16" if words & {"avx512_bf16", "amx_bf16"} else "float32"
+    assert resolve_dtype("auto", "cpu") == want
+
+
+def test_bf16_learner_keeps_fp32_lora_weights_and_optimizer_state(tiny_model_dir):
+    """model.dtype=bfloat16: the frozen 4-bit base computes in bf16 (its non-quantised weights are bf16), while the
+    LoRA weights, their gradients and AdamW's moments stay fp32, and a step moves the weights."""
+    from actors.learner import LearnerWorker
+
+    cfg = load(Config, "tiny-cpu", ["model.dtype=bfloat16", "train.lr=0.01"])
+    w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    assert w.model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert w.params and all(p.dtype == torch.float32 for p in w.params)
+    before = [p.detach().clone() for p in w.params]
+    out = w.step([[1, 5, 9]] * 4, [[13, 17, 21, 25]] * 2 + [[30, 31, 32, 33]] * 2, [1.0, 1.0, 0.0, 0.0], [0, 0, 0, 0])
+    assert math.isfinite(out["loss"]) and out["grad_norm"] > 0
+    assert any(not torch.equal(p, b) for p, b in zip(w.params, before))
+    moments = [t for s in w.optimizer.state.values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+
+
+def test_config_dtype_auto_is_the_default_and_reaches_the_learner(tiny_model_dir):
+    from actors.learner import LearnerWorker
+    from learners.models import resolve_dtype
+
+    cfg = load(Config, "tiny-cpu", ["model.dtype=auto"])
+    assert Config().model.dtype == "auto"
+    w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    assert w.model.get_output_embeddings().weight.dtype == getattr(torch, resolve_dtype("auto", "cpu"))
