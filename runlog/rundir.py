@@ -14,10 +14,10 @@ from config import ConfigError
 from runlog.checkpoints import latest_checkpoint
 
 
-# What the pipelines write first into a run folder: overwrite=true deletes only a folder holding one of these, so a
+# What the pipelines write into a run folder: overwrite=true deletes only a folder holding one of these, so a
 # mistyped runs_dir/run_name (the runs_dir itself, a source tree) is refused rather than deleted.
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "data_report.json", "pairs.jsonl",
-             "suites", "tb")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "tb", "data_report.json", "pairs.jsonl",
+             "suites", "adapter", "adapters", "engine_base", "eval_base", "reward_model", "stages")
 
 
 def run_dir_entries(run_dir: str | os.PathLike) -> list[str]:
