@@ -2,12 +2,14 @@
 
 Two processes run inside one :mod:`rewards.sandbox` sandbox (namespaces, uid 65534, cgroups, rlimits):
 
-- the **tests' process** (``HARNESS``, started first, ``/usr/bin/python3 -I`` by default): reads the job from
-  stdin, makes itself undumpable (``prctl(PR_SET_DUMPABLE, 0)``: no same-uid ptrace, no ``/proc/<pid>/mem``,
-  ``fd``, ``environ`` or ``maps``), sets the rlimits, compiles the tests, and only then starts
-- the **solution's process** (``RUNNER``): a fresh interpreter (exec'd, not forked, so none of the tests'
-  memory) that inherits only stdin=/dev/null, the sandbox's stdout/stderr and two call pipes. It runs the
-  solution as ``__main__`` and sends back its top-level names.
+- the **solution's process** (``RUNNER``): split off by the sandbox's bootstrap (``BOOT_HARNESS``, one
+  ``/usr/bin/python3 -I`` by default) *before* anything of the job is read, so it never holds the tests,
+  the nonce or the reporting pipe; it keeps only stdin=/dev/null, the sandbox's stdout/stderr and two call
+  pipes, sets its rlimits, runs the solution as ``__main__`` and sends back its top-level names;
+- the **tests' process** (``HARNESS``, the bootstrap's parent half): reads the job from stdin, makes itself
+  undumpable (``prctl(PR_SET_DUMPABLE, 0)``: no same-uid ptrace, no ``/proc/<pid>/mem``, ``fd``,
+  ``environ`` or ``maps``), sets the rlimits, compiles the tests, and only then sends the solution's code to
+  the solution's process.
 
 The tests run in the tests' process against proxies: ``add(2, 3)`` sends the arguments, JSON-encoded, to
 the solution's process, which calls the real function and sends back the result. Calls are **by value**:
@@ -92,12 +94,7 @@ def _serve():
     import builtins, io, json, os, types
     dumps, loads, write, exit_now = json.dumps, json.loads, os.write, os._exit
     StringIO, is_, type_ = io.StringIO, id, type
-    rd, wr = RD, int(sys.argv[2])
-    try:  # if memory runs out in the sandbox, the kernel should take the solution, not its judge
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
+    rd, wr = RD, WR
     handles, ids = {}, {}
     fn_types = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType,
                 types.LambdaType)
@@ -179,6 +176,18 @@ def _serve():
            "setitem": lambda o, k, v: o.__setitem__(k, v), "delitem": lambda o, k: o.__delitem__(k),
            "getattr": getattr, "setattr": setattr, "delattr": delattr}
     job = loads(rd.readline())
+    import resource  # the same per-process limits as the tests' process, before any line of the solution
+    lim, mb = job["limits"], 1 << 20
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (lim["memory_mb"] * mb, lim["memory_mb"] * mb))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_mb"] * mb, lim["file_mb"] * mb))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
+    try:  # if memory runs out in the sandbox, the kernel should take the solution, not its judge
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         exec(compile(job["code"], "solution.py", "exec"), ns)
@@ -240,7 +249,7 @@ _serve()
 HARNESS = r'''
 import json, os, sys
 def _main():
-    import builtins, ctypes, importlib, resource, selectors, subprocess, traceback
+    import builtins, ctypes, importlib, resource, time, traceback
     chan = int(sys.argv[1])
     os.set_inheritable(chan, False)
     job = JOB
@@ -287,20 +296,27 @@ def _main():
             super().__init__(event)
             self.event, self.info = event, info
 
-    def ended(proc, phase):
-        try:
-            rc = proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    req_w, rep_r, runner_pid = CALL  # the solution's process-to-be, split off by the bootstrap
+
+    def ended(phase):
+        for _ in range(100):
+            done, status = os.waitpid(runner_pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(runner_pid, 9)
+            os.waitpid(runner_pid, 0)
             return Ended("solution_error", phase=phase, error="ProtocolError",
                          message="the solution closed its side of the call pipe")
-        if rc < 0:
-            return Ended("solution_died", phase=phase, signal=-rc)
-        return Ended("exited_early", phase=phase, code=str(rc))
+        if os.WIFSIGNALED(status):
+            return Ended("solution_died", phase=phase, signal=os.WTERMSIG(status))
+        return Ended("exited_early", phase=phase, code=str(os.waitstatus_to_exitcode(status)))
 
     # ---- stdin/stdout programs: the whole solution, run afresh per case; its output judged here ----
     if cases is not None:
+        import selectors, subprocess
+        os.close(req_w)  # the bootstrap's runner is not needed: it ends at the closed pipe
         report("start")
         norm = lambda s: [ln.rstrip() for ln in s.rstrip().splitlines()]
         for i, case in enumerate(cases):
@@ -362,13 +378,7 @@ def _main():
         leave(0)
 
     # ---- functions and classes: called across the process boundary, by value ----
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
     report("start")
-    proc = subprocess.Popen([exe, "-I", "-c", BOOT_RUNNER, str(req_r), str(rep_w)], stdin=subprocess.DEVNULL,
-                            pass_fds=(req_r, rep_w), close_fds=True, cwd="/tmp")
-    os.close(req_r)
-    os.close(rep_w)
     os.write(req_w, (json.dumps(runner) + "\n").encode())
     del runner
     rd = os.fdopen(rep_r, "rb", buffering=1 << 16)
@@ -389,10 +399,10 @@ def _main():
         line = rd.readline(max_reply + 1)
         if not line.endswith(b"\n"):
             if len(line) > max_reply:
-                proc.kill()
+                os.kill(runner_pid, 9)
                 dead.append(SolutionError(f"the solution's reply is longer than {max_reply} bytes"))
                 raise dead[0]
-            dead.append(ended(proc, phase))
+            dead.append(ended(phase))
             raise dead[0]
         try:
             reply = json.loads(line)
@@ -623,7 +633,7 @@ def _main():
 
     # -- load the solution, then run the tests against what it exports --
     try:
-        reply = ask({"code": code}, phase="solution")
+        reply = ask({"code": code, "limits": lim}, phase="solution")
         del code
         if "exit" in reply:
             report("exited_early", phase="solution", code=str(reply["exit"])[:100])
@@ -683,14 +693,37 @@ def _main():
 _main()
 '''
 
-# Started with these one-liners (the long sources come on stdin / the pipe), so that the command lines
-# every sandboxed process can read in /proc stay short.
-BOOT_HARNESS = "import json, sys; JOB = json.loads(sys.stdin.buffer.read()); exec(JOB.pop('harness'))"
-BOOT_RUNNER = ("import json, os, sys; RD = os.fdopen(int(sys.argv[1]), 'rb', buffering=1 << 16); "
-               "exec(json.loads(RD.readline()))")
+# The sandbox's program: a short bootstrap (the long sources come on stdin and the pipe, so the command lines
+# every sandboxed process can read in /proc stay short). It splits off the solution's process first, while
+# it has read nothing of the job: that child keeps only /dev/null, stdout, stderr and its two call pipes,
+# and waits for RUNNER on the pipe. Then the parent reads the job and becomes the tests' process (HARNESS).
+BOOT_HARNESS = """import json, os, sys
+req_r, req_w = os.pipe()
+rep_r, rep_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd in [int(f) for f in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd not in (req_r, rep_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    RD, WR = os.fdopen(req_r, "rb", buffering=1 << 16), rep_w
+    sys.argv = ["-c"]
+    line = RD.readline()
+    if line:  # none when the tests need no solution process (stdin/stdout cases)
+        exec(json.loads(line))
+    os._exit(0)
+os.close(req_r)
+os.close(rep_w)
+CALL = (req_w, rep_r, pid)
+JOB = json.loads(sys.stdin.buffer.read())
+exec(JOB.pop("harness"))
+"""
 BOOT_PROGRAM = ("import os, sys; f = os.fdopen(int(sys.argv.pop(1)), 'rb'); src = f.read(); f.close(); "
                 "exec(compile(src, 'solution.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})")
-HARNESS = HARNESS.replace("BOOT_RUNNER", repr(BOOT_RUNNER)).replace("BOOT_PROGRAM", repr(BOOT_PROGRAM))
+HARNESS = HARNESS.replace("BOOT_PROGRAM", repr(BOOT_PROGRAM))
 
 
 def extract_code(completion: str, block: str = "first") -> str:

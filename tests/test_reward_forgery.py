@@ -140,7 +140,8 @@ def test_lying_bool_and_ne_do_not_pass(scorer):
 
 def test_the_solution_process_cannot_reach_the_tests_process(scorer):
     """Direct evidence: from the solution's process the tests' process has no readable fds, memory or
-    environment, ptrace is refused, and nothing of the test code is anywhere the solution can read."""
+    environment, ptrace is refused, the solution holds no descriptor but its own, and nothing of the test
+    code is anywhere the solution can read."""
     marker = "SECRET_TEST_MARKER_4f1c"
     probe = (
         "import ctypes, gc, os\nppid = os.getppid()\nseen = {}\n"
@@ -150,6 +151,11 @@ def test_the_solution_process_cannot_reach_the_tests_process(scorer):
         "        seen[what] = str(os.listdir(p) if what == 'fd' else open(p, 'rb').read(4096))\n"
         "    except OSError as e:\n        seen[what] = type(e).__name__\n"
         "seen['ptrace'] = ctypes.CDLL(None, use_errno=True).ptrace(16, ppid, 0, 0)\n"
+        "links = {}\n"
+        "for f in os.listdir('/proc/self/fd'):\n"
+        "    try:\n        links[int(f)] = os.readlink(f'/proc/self/fd/{f}')\n    except OSError:\n        pass\n"
+        "seen['stdin'] = links[0]\n"
+        "seen['more_fds'] = len([fd for fd in links if fd > 2])\n"
         "text = ''\n"
         "for pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['self']:\n"
         "    for f in ('cmdline', 'environ', 'fd/0', 'fd/3', 'fd/4', 'fd/5'):\n"
@@ -169,6 +175,8 @@ def test_the_solution_process_cannot_reach_the_tests_process(scorer):
     assert out.endswith(" False"), out  # the test code's marker was nowhere to be read
     assert "('ptrace', -1)" in out and "('fd', 'PermissionError')" in out and "('mem', 'PermissionError')" in out, out
     assert "('environ', 'PermissionError')" in out and "('maps', 'PermissionError')" in out, out
+    # it holds /dev/null as stdin and, beyond stdout/stderr, only its two call pipes: no reporting pipe
+    assert "('stdin', '/dev/null')" in out and "('more_fds', 2)" in out, out
 
 
 HONEST = [
