@@ -255,23 +255,13 @@ LearnerActor = ray.remote(LearnerWorker)
 
 
 def _atomic_save_adapter(model, final: Path) -> Path:
-    """save_adapter into a temporary sibling folder, then rename it over ``final``: readers see the old version or
-    the new one, never a mix."""
-    import shutil
+    """save_adapter into a temporary sibling folder renamed over ``final`` (runlog.atomic_dir): readers see the old
+    version or the new one, never a mix."""
+    from runlog import atomic_dir
 
-    final = Path(final)
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp)
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return final
+    with atomic_dir(final) as tmp:
+        save_adapter(model, tmp)
+    return Path(final)
 
 
 def shard_by_group(group_ids: list[int], world: int) -> list[list[int]]:

@@ -93,14 +93,16 @@ class SyncVerifier:
     ``sync/probe_move`` (how far this update moved the learner's probe logprobs), ``sync/probe_resolvable``."""
 
     def __init__(self, engines: list, learner, probe_ids: list[list[int]], engine_dtype: str = "float32",
-                 factor: float = 4.0, mode: str = "lora"):
+                 factor: float = 4.0, mode: str = "lora", get=None):
         """``mode``: how weights reach the engines (rollout.weight_sync resolved): 'lora' hot-loads the adapter into
         the engine's LoRA slot, 'merged' loads W_0 + s B A into its linear layers in place. Both are checked the
-        same two ways; the identity hashes are of the LoRA slot or of the merged matrices."""
+        same two ways; the identity hashes are of the LoRA slot or of the merged matrices. ``get(refs, role, what)``
+        waits for remote calls (default ``ray.get``); a pipeline passes one with deadlines that names the role."""
         if mode not in ("lora", "merged"):
             raise ValueError(f"weight sync mode {mode!r}: expected 'lora' or 'merged'")
         self.engines = list(engines)
         self.learner, self.probe_ids, self.dtype, self.factor, self.mode = learner, probe_ids, engine_dtype, factor, mode
+        self.get = get or (lambda refs, role, what: ray.get(refs))
         self.floor_mean = self.floor_max = self.tolerance = None
         self.prev_lp: list[list[float]] | None = None
 
@@ -108,15 +110,15 @@ class SyncVerifier:
         return f"rollout engine {i}" if len(self.engines) > 1 else "rollout engine"
 
     def _probe_engines(self, exp: dict) -> list[dict]:
-        ray.get([e.load_weights.remote(exp) for e in self.engines])
-        return ray.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines])
+        self.get([e.load_weights.remote(exp) for e in self.engines], "rollout", "load calibration weights")
+        return self.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines], "rollout", "sync probe")
 
     def calibrate(self, adapters_dir: str | Path) -> dict:
         """Measure the engine-vs-learner gap on identical weights: a calibration adapter (the learner's adapter with
         a seeded random B, so the LoRA path computes something, which the untrained B = 0 would not) exported,
         loaded and probed on both sides. The floor is the worst engine's gap; the tolerance follows from it."""
-        cal = ray.get(self.learner.calibration_adapter.remote(str(Path(adapters_dir) / "calibration"), self.probe_ids,
-                                                              self.dtype, self.mode))
+        cal = self.get(self.learner.calibration_adapter.remote(str(Path(adapters_dir) / "calibration"), self.probe_ids,
+                                                               self.dtype, self.mode), "learner", "calibration export")
         gaps = []
         for i, eng in enumerate(self._probe_engines({**cal, "version": CALIBRATION_VERSION})):
             _identity(self._which(i), CALIBRATION_VERSION, eng, cal["digest"])
@@ -131,8 +133,9 @@ class SyncVerifier:
     def sync(self, adapters_dir: str | Path) -> dict:
         """Export the learner's weights, load them into every engine and verify identity and effect (:meth:`check`)."""
         t0 = time.time()
-        exp = ray.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype, self.mode))
-        ray.get([e.load_weights.remote(exp) for e in self.engines])
+        exp = self.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype, self.mode), "learner",
+                       "weight export")
+        self.get([e.load_weights.remote(exp) for e in self.engines], "rollout", f"weight load v{exp['version']}")
         return {**self.check(exp), "time/sync": time.time() - t0}
 
     def check(self, exp: dict) -> dict:
@@ -140,8 +143,8 @@ class SyncVerifier:
         if self.tolerance is None:
             raise RuntimeError("SyncVerifier.check before calibrate()")
         version = exp["version"]
-        *engs, lrn = ray.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines]
-                             + [self.learner.probe_logprobs.remote(self.probe_ids)])
+        lrn = self.get(self.learner.probe_logprobs.remote(self.probe_ids), "learner", "sync probe")
+        engs = self.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines], "rollout", "sync probe")
         if lrn["version"] != version:
             raise SyncError(f"learner is at version {lrn['version']}, expected {version}")
         move = probe_gap(lrn["logprobs"], self.prev_lp)[0] if self.prev_lp is not None else 0.0

@@ -9,16 +9,18 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from config.loader import ConfigError
+from config.loader import ConfigError, RunStopped
 
 
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
     """Run ``main(argv)`` (default: ``sys.argv[1:]``) and return its result; a ConfigError exits with
-    ``config error: <message>``. A Ray session the script started is shut down either way."""
+    ``config error: <message>``, a RunStopped with ``run stopped: <message>``. A Ray session the script started is shut down either way."""
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except RunStopped as e:
+        sys.exit(f"run stopped: {e}")
     finally:
         ray = sys.modules.get("ray")  # config imports nothing heavy; shut down only what the script opened
         if ray is not None and ray.is_initialized():

@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """A config a user wrote is wrong; the message names the key and what to change."""
 
 
+class RunStopped(RuntimeError):
+    """A run met a fault it cannot go on from (an actor that died or stopped answering, a scorer that fails on most
+    items): the message names the role, what happened and what to do; ``run_cli`` prints it without a traceback."""
+
+
 def preset_path(name: str) -> Path:
     """``tiny-cpu`` -> ``config/tiny-cpu.yaml``; a path to a YAML file is returned as it is."""
     p = Path(name)

@@ -26,15 +26,15 @@ from actors.reward import RewardPool
 from actors.rollout import EnginePool
 from actors.sync import SyncVerifier
 from cluster import connect, make_placement_group, plan_resources
-from config import Config, ConfigError, to_dict
+from config import Config, ConfigError, RunStopped, to_dict
 from learners.models import load_tokenizer, lora_rank
 from pipelines.preflight import check_rl_inputs, fit_rl_prompts
-from runlog import RunLog, latest_checkpoint, save_checkpoint
+from runlog import RunLog, prepare_run_dir, save_checkpoint
 from runlog.checkpoints import read_meta
 from tasks.prompts import load_prompts
 
 
-class RunError(RuntimeError):
+class RunError(RunStopped):
     """A fault the run cannot go on from: the message names the role, what happened and what to do."""
 
 
@@ -113,10 +113,8 @@ def weight_sync_mode(cfg: Config) -> str:
 
 def engine_dtype(cfg: Config) -> str:
     """The engines' dtype: model.dtype as resolved for this device (bfloat16 where the hardware has it)."""
-    try:
-        from learners.models import resolve_dtype
-    except ImportError:  # pragma: no cover - older learners
-        return cfg.model.dtype
+    from learners.models import resolve_dtype
+
     return resolve_dtype(cfg.model.dtype, cfg.cluster.device)
 
 
@@ -264,9 +262,9 @@ class RLRun:
             raise ConfigError(f"train.max_staleness={cfg.train.max_staleness} generates while the learner trains, but in "
                               "cluster.mode=colocate the engine sleeps then (rollout.sleep_between_phases=true): use "
                               "cluster.mode=split, rollout.sleep_between_phases=false, or train.max_staleness=0")
+        data = data or RLData.load(cfg, extra_checks)  # the user's input is checked before the run folder is touched
         ckpt = _resume_point(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        data = data or RLData.load(cfg, extra_checks)
         dtype = engine_dtype(cfg)
 
         connect(cfg.cluster)
@@ -289,11 +287,16 @@ class RLRun:
                      config={**to_dict(cfg), "algo": to_dict(algo), "resolved": {"weight_sync": mode, "engine_dtype": dtype}})
 
         # Verified sync: calibrate the probe's tolerance on identical weights, then check every load.
-        verifier = SyncVerifier(engines.actors, learner, data.probe_ids, dtype, cfg.rollout.sync_tolerance_factor, mode)
+        holder: dict = {}  # the run's last checkpoint, for the deadline errors of the sync
+        verifier = SyncVerifier(engines.actors, learner, data.probe_ids, dtype, cfg.rollout.sync_tolerance_factor, mode,
+                                get=lambda refs, role, what: get(refs, role, cfg, what, holder["run"].ckpt
+                                                                 if "run" in holder else ckpt))
         calibration = verifier.calibrate(run_dir / "adapters")
         run = cls(cfg, algo, name, run_dir, data, plan, pg, learner, engines, reward, verifier,
                   Rollouts(engines, data, cfg, draws_per_step), log, start, 0.0,
-                  save_state or (lambda d: ray.get(learner.save_state.remote(str(d)))), ckpt, sync_mode=mode)
+                  save_state or (lambda d: get(learner.save_state.remote(str(d)), "learner", cfg, "save_state")), ckpt,
+                  sync_mode=mode)
+        holder["run"] = run
         run.sync()
         run.held_start = run.heldout_reward()
         if ckpt is not None:
@@ -329,12 +332,8 @@ class RLRun:
         return self.reward.score_ref(prompts, [s["text"] for s in samples], refs)
 
     def sync(self) -> dict:
-        """Export the learner's weights, load them into every engine, verify; then launch what may use them."""
-        try:
-            self.last_sync = self.verifier.sync(self.run_dir / "adapters")
-        except ray.exceptions.RayActorError as e:
-            raise RunError(f"an actor died during the weight sync ({str(e).splitlines()[0][:200]})"
-                           + (f"; the last complete checkpoint is {self.ckpt} (rerun with resume=true)" if self.ckpt else "")) from None
+        """Export the learner's weights, load them into every engine and verify them (deadlines as :func:`get`)."""
+        self.last_sync = self.verifier.sync(self.run_dir / "adapters")
         return self.last_sync
 
     def after_update(self) -> dict:
@@ -361,7 +360,7 @@ class RLRun:
         rewards = [r for r in sc["rewards"] if r is not None]
         mean_r = sum(rewards) / max(1, len(rewards))
         lengths = [len(s["token_ids"]) for s in samples]
-        lags = [sync["adapter_version"] - 1 - s["version"] for s in samples]  # the learner trained at version-1
+        lags = [batch.step - s["version"] for s in samples]  # the learner trained this step at version = step
         return {
             "reward/mean": mean_r,
             "reward/std": (sum((r - mean_r) ** 2 for r in rewards) / max(1, len(rewards))) ** 0.5,
@@ -418,9 +417,5 @@ class RLRun:
 
 def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
     """The checkpoint to resume from (resume=true), None for a fresh run; a run folder that holds another run needs
-    resume=true or overwrite=true (runlog.prepare_run_dir where present)."""
-    try:
-        from runlog import prepare_run_dir
-    except ImportError:
-        return latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
-    return prepare_run_dir(run_dir, cfg.resume, getattr(cfg, "overwrite", False))
+    resume=true or overwrite=true (runlog.prepare_run_dir)."""
+    return prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)

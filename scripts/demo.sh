@@ -39,6 +39,13 @@ stop_head() {
 }
 trap stop_head EXIT
 
+# `make demo` twice replaces the first demo's folder (a run folder that holds a run needs resume=true or
+# overwrite=true); pass resume=true or overwrite=false to keep it.
+case " $* " in
+  *" resume=true "*|*" overwrite="*) ;;
+  *) set -- overwrite=true "$@" ;;
+esac
+
 # A fresh head's job agent can take a while to come up on a small machine: retry only that refusal.
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
   set +e

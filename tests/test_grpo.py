@@ -2,6 +2,7 @@
 
 - the sync check (identity hash + calibrated probe) passes on a true sync and fails loudly on a stale adapter or a
   wrong version, at the demo's learning rate and at 1e-5, with either bitsandbytes kernel and with a bf16 engine;
+- the same with merged-weight sync (W0 + s B A loaded into the engine's layers in place);
 - a run killed with SIGKILL mid-way resumes from its last complete checkpoint and finishes.
 """
 import json
@@ -144,6 +145,60 @@ def test_sync_check_with_a_noisier_bf16_engine(ray_local, engine_base, tiny_mode
     finally:
         ray_local.get(rollout.shutdown.remote())
         ray_local.kill(rollout)
+
+
+def test_merged_weight_sync_is_verified_both_ways(ray_local, engine_base, tiny_model_dir, tmp_path):
+    """rollout.weight_sync=merged: the engine (no LoRA kernels) loads W0 + s B A in place. A true load passes
+    identity and the calibrated probe; an engine that holds the previous version's matrices while told it serves
+    the new one is caught by the hashes of what its layers hold, and by the probe once an update resolves."""
+    import shutil
+
+    from actors.learner import LearnerActor
+    from actors.rollout import RolloutActor
+    from actors.sync import SyncError, SyncVerifier, probe_gap
+
+    ray = ray_local
+    cfg = load(Config, "tiny-cpu", ["model.lora.r=8", "model.lora.alpha=16", "model.dtype=float32"])
+    engine = RolloutActor.options(num_cpus=0.5).remote(engine_base, cfg.rollout, dtype="float32", enable_lora=False)
+    learner = LearnerActor.options(num_cpus=0.5).remote(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    try:
+        probe = _probe(tiny_model_dir)
+        verifier = SyncVerifier([engine], learner, probe, "float32", cfg.rollout.sync_tolerance_factor, mode="merged")
+        cal = verifier.calibrate(tmp_path / "adapters")
+        first = verifier.sync(tmp_path / "adapters")
+        assert first["adapter_version"] == 0 and first["sync/gap_mean"] <= cal["sync/tolerance"]
+        held = ray.get(engine.prompt_logprobs.remote(probe))["digest"]["modules"]
+        assert len(held) == 2 * 7  # every projection of both layers (q/k/v and gate/up rebuilt from their parts)
+        v0 = ray.get(learner.export_adapter.remote(str(tmp_path / "adapters"), "float32", "merged"))
+        keep_v0 = shutil.copy(v0["path"], tmp_path / "v0.safetensors")
+
+        prompt = probe[0][:8]
+        gen = ray.get(engine.generate.remote([prompt, prompt], n=4, max_tokens=8, seed=0))
+        samples = [s for g in gen["samples"] for s in g]
+        assert {s["version"] for s in samples} == {0}  # every sample says which weights produced it
+        ray.get(learner.step.remote([prompt] * 8, [s["token_ids"] for s in samples],
+                                    [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], [0, 0, 0, 0, 1, 1, 1, 1]))
+        v1 = ray.get(learner.export_adapter.remote(str(tmp_path / "adapters"), "float32", "merged"))
+        assert v1["digest"] != v0["digest"]
+
+        ray.get(engine.load_merged.remote(keep_v0, 1))  # v0's matrices, labelled v1
+        with pytest.raises(SyncError, match="holds other weights than the learner exported"):
+            verifier.check(v1)
+        moved = probe_gap(ray.get(learner.probe_logprobs.remote(probe))["logprobs"],
+                          ray.get(engine.prompt_logprobs.remote(probe))["logprobs"])[0]
+        if moved > cal["sync/tolerance"]:
+            engine_held = ray.get(engine.prompt_logprobs.remote(probe))["digest"]
+            with pytest.raises(SyncError, match="differ"):
+                verifier.check({**v1, "digest": engine_held["modules"]})
+        ray.get(engine.load_weights.remote(v1))
+        true = verifier.check(v1)
+        assert true["sync/gap_mean"] <= cal["sync/tolerance"]
+        print(f"[sync] merged: floor {cal['sync/floor_mean']:.3g} tolerance {cal['sync/tolerance']:.3g} "
+              f"true gap {true['sync/gap_mean']:.3g} stale gap {moved:.3g}")
+    finally:
+        ray.get(engine.shutdown.remote())
+        ray.kill(engine)
+        ray.kill(learner)
 
 
 def _grpo_cmd(run_dir: Path, *extra: str) -> list[str]:
