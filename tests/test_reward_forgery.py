@@ -277,3 +277,12 @@ def test_shadowed_builtins_stay_the_tests_own(scorer):
     r = scorer.score([Item("p", "import math\ndef area(r):\n    return math.pi * r * r\n",
                            "assert math.isclose(area(1), math.pi)\n")])[0]
     assert r.status == "pass", r
+
+
+def test_source_fallback_where_the_sandbox_python_reads_other_bytecode(scorer, monkeypatch):
+    # The harness and runner go as compiled code only to an interpreter with the host's cache_tag.
+    from rewards import unit_tests
+
+    monkeypatch.setattr(unit_tests, "_TAG", "cpython-other")
+    r = scorer.score([Item("p", *HONEST[0]), Item("p", WRONG, TESTS)])
+    assert [(x.status, x.score) for x in r] == [("pass", 1.0), ("fail", 0.0)], r
