@@ -2,12 +2,14 @@
 sandboxed programs/s.
 
     .venv/bin/python bench/rewards_bench.py [--items 20000] [--programs 40] [--out runs/rewards_bench.json]
-        [--sandbox-only] [--rewards-from DIR]
+        [--sandbox-only] [--rewards-from DIR] [--compare-unit-tests FILE]
 
 Prints one line per measurement and writes them all as JSON. The sandbox part needs bubblewrap and root
 (or a delegated cgroup); it is skipped with the reason otherwise. ``--sandbox-only`` measures only the
 unit-test scorer; ``--rewards-from DIR`` imports the ``rewards`` package from DIR instead of this checkout,
-to compare with an older commit's (``git archive COMMIT rewards | tar -x -C DIR``).
+to compare with an older commit's (``git archive COMMIT rewards | tar -x -C DIR``). ``--compare-unit-tests
+FILE`` (an older ``rewards/unit_tests.py``, e.g. ``git show COMMIT:rewards/unit_tests.py > FILE``) times it
+and the current scorer item by item, alternating, so that a machine whose load drifts weighs on both alike.
 """
 from __future__ import annotations
 
@@ -91,6 +93,33 @@ def sandbox_rate(n: int, workers: int) -> float:
     return n / dt
 
 
+def unit_test_ms_interleaved(before_file: str, n: int) -> dict:
+    """Wall time per item (one worker), the scorer in ``before_file`` and the current one alternating item by
+    item: median and 90th percentile in milliseconds, for a passing and a failing item in turn."""
+    import importlib.util
+    import statistics
+
+    spec = importlib.util.spec_from_file_location("unit_tests_before", before_file)
+    before = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = before  # dataclasses looks the module up
+    spec.loader.exec_module(before)
+    scorers = {"before": before.PythonUnitTestScorer(workers=1), "after": make_scorer("python_unit_tests", workers=1)}
+    items = [Item("p", f"def add(a, b):\n    return a + b + {i % 2}", "assert add(2, 3) == 5") for i in range(2)]
+    times = {k: [] for k in scorers}
+    for i in range(n):
+        for k in (("before", "after") if i % 2 else ("after", "before")):
+            t0 = time.perf_counter()
+            r = scorers[k].score([items[i % 2]])[0]
+            times[k].append(1000 * (time.perf_counter() - t0))
+            assert r.status == ("pass", "fail")[i % 2], (k, r)
+    out = {}
+    for k, ts in times.items():
+        ts.sort()
+        out[f"unit_test_ms_per_item_{k}_median"] = statistics.median(ts)
+        out[f"unit_test_ms_per_item_{k}_p90"] = ts[int(0.9 * (len(ts) - 1))]
+    return out
+
+
 def sandbox_ms_per_call(calls: int = 20000, repeat: int = 3) -> float:
     """What one call from the tests into the solution adds: (an item making ``calls`` calls - an item
     making one) / (calls - 1), best of ``repeat``, in milliseconds."""
@@ -115,6 +144,7 @@ def main():
     ap.add_argument("--out", default="runs/rewards_bench.json")
     ap.add_argument("--sandbox-only", action="store_true", help="only the unit-test scorer's measurements")
     ap.add_argument("--rewards-from", help="import the rewards package from this folder instead of the checkout")
+    ap.add_argument("--compare-unit-tests", metavar="FILE", help="an older rewards/unit_tests.py to time against")
     args = ap.parse_args()
     sys.path.insert(0, args.rewards_from or str(Path(__file__).resolve().parents[1]))
     global Item, make_scorer
@@ -141,9 +171,13 @@ def main():
                          ("sandbox_ms_per_call", sandbox_ms_per_call)]
     else:
         results["sandbox_skipped"] = problem
+    if problem is None and args.compare_unit_tests:
+        measurements.append(("interleaved", lambda: unit_test_ms_interleaved(args.compare_unit_tests, args.programs)))
     for name, fn in measurements:
-        results[name] = round(fn(), 3)
-        print(f"{name:40s} {results[name]:>12.3f}", flush=True)
+        value = fn()
+        for k, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+            results[k] = round(v, 3)
+            print(f"{k:40s} {results[k]:>12.3f}", flush=True)
     results["load_avg_1m_at_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
