@@ -245,9 +245,10 @@ def _serve():
 _serve()
 '''
 
-# The tests' process: the first thing run in the sandbox. Reads the job, makes itself undumpable, sets the
-# rlimits, then starts RUNNER (or, for stdin/stdout cases, the program itself) and runs the tests against
-# proxies. Only this process holds the reporting pipe, the nonce and the test code.
+# The tests' process: the bootstrap's parent half. Reads the job, makes itself undumpable, sets the rlimits,
+# then hands RUNNER and the solution to the solution's process (or, for stdin/stdout cases, starts the
+# program afresh per case) and runs the tests against proxies. Only this process holds the reporting pipe,
+# the nonce and the test code.
 HARNESS = r'''
 import json, os, sys
 def _main():
