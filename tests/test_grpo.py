@@ -3,7 +3,8 @@
 - the sync check (identity hash + calibrated probe) passes on a true sync and fails loudly on a stale adapter or a
   wrong version, at the demo's learning rate and at 1e-5, with either bitsandbytes kernel and with a bf16 engine;
 - the same with merged-weight sync (W0 + s B A loaded into the engine's layers in place);
-- a run killed with SIGKILL mid-way resumes from its last complete checkpoint and finishes.
+- a run killed with SIGKILL mid-way, its newest checkpoint and metrics line torn, resumes from the last complete
+  checkpoint and finishes with every step logged once.
 """
 import json
 import os
@@ -208,7 +209,7 @@ def _grpo_cmd(run_dir: Path, *extra: str) -> list[str]:
             "tensorboard=false", f"runs_dir={run_dir}", "run_name=kill", *extra]
 
 
-def test_sigkill_mid_run_then_resume(tmp_path):
+def test_sigkill_mid_run_then_resume_past_a_torn_checkpoint(tmp_path):
     run = tmp_path / "kill"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log1 = open(tmp_path / "first.log", "w")
@@ -223,9 +224,13 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         proc.wait()
     assert not (run / "summary.json").exists()
+    # Tear the state the kill could have left: the newest checkpoint loses a file, metrics.jsonl ends in half a line.
+    (run / "checkpoints" / "step-000004" / "learner_state.pt").unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "reward/me')
     out = subprocess.run(_grpo_cmd(tmp_path, "resume=true"), capture_output=True, text=True, env=env, timeout=480)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "resumed from" in out.stdout and "at step 4" in out.stdout
+    assert "resumed from" in out.stdout and "at step 2" in out.stdout  # the last complete checkpoint before the torn one
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 5]  # each step exactly once: lost steps redone, none duplicated
     summary = json.loads((run / "summary.json").read_text())
