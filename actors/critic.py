@@ -22,8 +22,10 @@ from learners.value import ValueBatch, critic_update, load_critic, token_values
 class CriticWorker:
     def __init__(self, critic_path: str, policy_path: str, finetune: str, lora, dtype: str, algo_cfg, train_cfg,
                  seed: int = 0, num_threads: int | None = None):
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        if num_threads is not None:  # 0: every core this actor may run on (cluster.plan.torch_threads)
+            from cluster import all_cores
+
+            torch.set_num_threads(num_threads or all_cores())
         torch.manual_seed(seed + 1)
         self.model, tok = load_critic(critic_path, finetune, lora, dtype)
         # The critic scores the policy's token ids, so both must read them the same way.

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from actors.sync import exported_lora_digest
-from cluster import actor_options, shares
+from cluster import actor_options, all_cores, shares, torch_threads
 from cluster.distributed import (all_gather_objects, all_sum_tensor, allreduce_grads, broadcast_params, init_group,
                                  rendezvous)
 from learners.algorithms import resolve
@@ -56,8 +56,8 @@ class LearnerWorker:
                  num_threads: int | None = None, temperature: float = 1.0):
         """``temperature``: the engine's sampling temperature (rollout.temperature); the policy, old and reference
         logprobs of the RL step are those of softmax(logits / T), the distribution the samples came from."""
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        if num_threads is not None:  # 0: every core this actor may run on (cluster.plan.torch_threads)
+            torch.set_num_threads(num_threads or all_cores())
         torch.manual_seed(seed)
         self.model_path = model_path
         self.algo = resolve(algo_cfg)
@@ -285,7 +285,7 @@ class LearnerGroup:
                  total_steps: int | None = None, temperature: float = 1.0):
         places = plan.of("learner")
         self.actors = [LearnerActor.options(**actor_options(plan, pg, "learner", p.index)).remote(
-            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=max(1, int(p.num_cpus * 2)),
+            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=torch_threads(plan, "learner", p.index),
             temperature=temperature)
             for p in places]
         self.rank0 = self.actors[0]

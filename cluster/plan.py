@@ -131,6 +131,27 @@ def actor_options(plan: ResourcePlan, pg, role: str, index: int = 0) -> dict:
     return opts
 
 
+def torch_threads(plan: ResourcePlan, role: str, index: int = 0) -> int:
+    """Intra-op threads for a role's torch work. In a colocated CPU plan the roles take turns on the node's cores (a
+    synchronous step runs one phase at a time), so a role of one actor may use them all: 0, which the actor reads as
+    every core it may run on. Otherwise (split, GPU, several actors of the role) the actor's own share: its num_cpus rounded, at least 1. Ray would give an
+    actor of num_cpus 0.5 one thread, half of a 2-core machine idle while the learner steps."""
+    if plan.mode == "colocate" and plan.device == "cpu" and len(plan.of(role)) == 1:
+        return 0
+    (p,) = [q for q in plan.placements if q.role == role and q.index == index]
+    return max(1, round(p.num_cpus))
+
+
+def all_cores() -> int:
+    """Cores this process may run on (its affinity mask), the meaning of ``torch_threads(...) == 0``."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def require_single(cfg, roles: tuple[str, ...], script: str) -> None:
     """Refuse ``cluster.<role>.count`` > 1 for a pipeline that drives one actor of that role (the others would
     hold their bundles and do nothing): the error names the key and where several are used."""

@@ -25,7 +25,7 @@ import ray  # noqa: E402
 
 from actors.critic import CriticActor  # noqa: E402
 from actors.learner import LearnerActor  # noqa: E402
-from cluster import actor_options, require_single  # noqa: E402
+from cluster import actor_options, require_single, torch_threads  # noqa: E402
 from config import Config, ConfigError, load, run_cli  # noqa: E402
 from learners.algorithms import NEEDS_CRITIC, resolve  # noqa: E402
 from pipelines.preflight import check_model_dir  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> dict:
     def make_learners(plan, pg, model_path):
         critic_path, critic_finetune = critic_source(cfg, model_path)
         learner_opts, critic_opts = split_learner_share(plan, pg)
-        threads = max(1, int(learner_opts["num_cpus"] * 2))
+        threads = torch_threads(plan, "learner")
         roles["learner"] = LearnerActor.options(**learner_opts).remote(
             model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=threads, temperature=cfg.rollout.temperature)
         roles["critic"] = CriticActor.options(**critic_opts).remote(

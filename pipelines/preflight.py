@@ -75,6 +75,14 @@ def check_scorers(reward_cfg) -> None:
     extra = sorted(set(reward_cfg.options) - set(reward_cfg.scorers))
     if extra:
         raise ConfigError(f"reward.options has entries for {extra}, which are not in reward.scorers {sorted(reward_cfg.scorers)}")
+    sandboxed = [n for n in reward_cfg.scorers if (reward_cfg.options.get(n) or {}).get("scorer", n) == "python_unit_tests"]
+    if sandboxed and not reward_cfg.remote_url:
+        from rewards.sandbox import sandbox_problem
+
+        problem = sandbox_problem()  # runs a real sandboxed program once (it fails closed: every item infra_error)
+        if problem:
+            raise ConfigError(f"reward.scorers.{sandboxed[0]} (python_unit_tests): the sandbox cannot run programs here: "
+                              f"{problem}")
 
 
 def check_rl_inputs(cfg, rows: list[dict]) -> None:
