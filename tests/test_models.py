@@ -202,3 +202,23 @@ def test_config_dtype_auto_is_the_default_and_reaches_the_learner(tiny_model_dir
     assert Config().model.dtype == "auto"
     w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
     assert w.model.get_output_embeddings().weight.dtype == getattr(torch, resolve_dtype("auto", "cpu"))
+
+
+def test_bf16_training_and_no_grad_forwards_agree(tiny_model_dir):
+    """Under a bf16 base too, the training forward, the no-grad probe and the reference (adapter off, B = 0 at the
+    start) compute the same numbers to the bit by the lean path the learner uses: the ratio starts at 1
+    and the KL at 0 (select_4bit_kernel's guarantee, in the dtype model.dtype=auto picks on bf16 hardware)."""
+    from learners.logprobs import sequence_logprobs
+    from learners.models import load_policy, reference_mode
+
+    model, tok = load_policy(tiny_model_dir, "qlora", LoraConfig(r=4, alpha=8), "bfloat16")
+    ids = torch.tensor([tok("What is 2+2? 4").input_ids] * 2)
+    att = torch.ones_like(ids)
+    pos = torch.ones(ids.shape[0], ids.shape[1] - 1)
+    model.train()
+    train_lean = sequence_logprobs(model, ids, att, positions=pos).detach()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(sequence_logprobs(model, ids, att, positions=pos), train_lean)
+        with reference_mode(model):
+            assert torch.equal(sequence_logprobs(model, ids, att, positions=pos), train_lean)
