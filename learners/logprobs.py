@@ -74,11 +74,12 @@ def _plain_head(model):
 def _lean_logprobs(model, head, input_ids, attention_mask, want, return_entropy, temperature, entropy_grad):
     B, L = input_ids.shape
     # Trailing columns that are padding in every row change nothing before them (causal): cut them off.
-    n = int(attention_mask.any(0).nonzero().max()) + 1
+    n = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask is not None else L
     n = max(n, int(want.any(0).nonzero().max()) + 2)  # column t-1 of ``want`` needs input column t
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=input_ids[:, :n], attention_mask=attention_mask[:, :n],
-                                use_cache=False).last_hidden_state  # [B, n, H]; LoRA layers act inside
+    # [B, n, H]: the decoder stack and its final norm, LoRA layers acting inside (peft injects them in place)
+    hidden = base.get_decoder()(input_ids=input_ids[:, :n], use_cache=False,
+                                attention_mask=None if attention_mask is None else attention_mask[:, :n]).last_hidden_state
     sel = want[:, : n - 1]
     h = hidden[:, :-1][sel]          # [N, H] the states that predict the wanted tokens
     y = input_ids[:, 1:n][sel]       # [N]
