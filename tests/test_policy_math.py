@@ -333,7 +333,7 @@ def _gamma(n: int, u: float = U32) -> float:
 def _tiny_lora_with_a_live_adapter(tiny_model_dir, finetune="qlora"):
     from learners.models import load_policy
 
-    model, tok = load_policy(tiny_model_dir, finetune, LoraConfig(r=8, alpha=16), "float32")
+    model, tok = load_policy(tiny_model_dir, finetune, LoraConfig(r=8, alpha=16), "float32")  # full: no adapter
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -441,7 +441,8 @@ def test_lean_head_gradient_against_float64_autograd():
     assert g64.abs().max() > 100 * bound.max()  # a wrong sign, factor or missing term fails by far
 
 
-def test_lean_gradients_equal_the_plain_path_in_float64(tiny_model_dir):
+@pytest.mark.parametrize("finetune", ["lora", "full"])  # full: the tied head trains too (the chunked-autograd branch)
+def test_lean_gradients_equal_the_plain_path_in_float64(tiny_model_dir, finetune):
     """The whole model: LoRA gradients of a GRPO-like loss through the lean path equal those through the plain
     full-logits path. In float64 (finetune=lora, the model cast to double) so that a worst-case bound is still
     tight: the longest chain of accumulations behind one gradient entry is at most n = L (H + V + I) x layers terms,
@@ -449,7 +450,7 @@ def test_lean_gradients_equal_the_plain_path_in_float64(tiny_model_dir):
     differ by at most 2 gamma_n max|grad|."""
     from learners.logprobs import sequence_logprobs
 
-    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, "lora")
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, finetune)
     model.double()
     ids, att, want = _padded_batch(model.config.vocab_size)
     adv = torch.randn(3, 1, generator=torch.Generator().manual_seed(2)).double() * want.double()
