@@ -32,6 +32,11 @@ class RolloutEngine:
 
         self.cfg = cfg
         self.model_path = str(model_path)
+        if dtype == "auto":  # model.dtype=auto: this device's choice (bf16 where it computes in it), not the checkpoint's
+            from learners.models import resolve_dtype
+
+            dtype = resolve_dtype(dtype, device)
+        self.dtype = dtype
         t0 = time.time()
         kwargs = dict(model=self.model_path, enforce_eager=cfg.enforce_eager, max_model_len=cfg.max_model_len,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=dtype,

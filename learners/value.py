@@ -91,6 +91,8 @@ def load_critic(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
         if model.score.bias is not None:
             torch.nn.init.zeros_(model.score.bias)
     model.score.to(torch.float32)
+    # A bf16 backbone hands bf16 hidden states to the fp32 head: the head computes in fp32 (cast on the way in).
+    model.score.register_forward_pre_hook(lambda m, args: tuple(a.to(m.weight.dtype) for a in args))
     model.config.use_cache = False
     if finetune in ("qlora", "lora"):
         from peft import LoraConfig as PeftLoraConfig, get_peft_model

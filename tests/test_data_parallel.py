@@ -248,8 +248,11 @@ def test_shard_by_group_keeps_groups_whole():
 def test_reward_shares_merge_in_order_with_weighted_means():
     from actors.reward import merge_scores
 
-    a = {"rewards": [1.0, 0.0], "statuses": ["ok", "ok"], "per_scorer": {"x": 0.5}, "failed": 0, "seconds": 1.0}
-    b = {"rewards": [1.0], "statuses": ["timeout"], "per_scorer": {"x": 1.0}, "failed": 1, "seconds": 2.0}
+    a = {"rewards": [1.0, 0.0], "valid": [True, True], "statuses": ["ok", "ok"], "per_scorer": {"x": 0.5}, "failed": 0,
+         "failures": {}, "seconds": 1.0}
+    b = {"rewards": [None], "valid": [False], "statuses": ["timeout"], "per_scorer": {"x": 1.0}, "failed": 1,
+         "failures": {"x:timeout": 1}, "seconds": 2.0}
     m = merge_scores([a, b])
-    assert m["rewards"] == [1.0, 0.0, 1.0] and m["statuses"] == ["ok", "ok", "timeout"]
+    assert m["rewards"] == [1.0, 0.0, None] and m["statuses"] == ["ok", "ok", "timeout"]
+    assert m["valid"] == [True, True, False] and m["failures"] == {"x:timeout": 1}
     assert m["per_scorer"]["x"] == pytest.approx(2 / 3) and m["failed"] == 1 and m["seconds"] == 2.0
