@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from continual.loop import Learner
+from continual.learner import Learner
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int = 128) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from continual.loop import Learner
+from continual.learner import Learner
 
 
 class MLP(nn.Module):

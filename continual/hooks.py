@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from continual.learner import Learner, head_logits
+
 if TYPE_CHECKING:
-    from continual.loop import Learner
     from continual.streams import Task
 
 
@@ -59,8 +60,6 @@ class Strategy:
         pass
 
     def predict(self, learner: "Learner", batch: Any, task: "Task") -> tuple[torch.Tensor, torch.Tensor]:
-        from continual.loop import head_logits
-
         logits, targets = learner.forward(learner.model, batch)
         return head_logits(logits, task.head), targets
 

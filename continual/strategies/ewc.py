@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from continual.hooks import Strategy
-from continual.loop import batches, head_logits
+from continual.learner import batches, head_logits
 from continual.params import grad_of, snapshot
 from continual.regularizers import ewc_penalty, fisher_update, online_fisher
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from continual.exemplars import herding, nearest_mean_scores, normalize
 from continual.hooks import Strategy
-from continual.loop import batches, head_logits
+from continual.learner import batches, head_logits
 from continual.params import snapshot, swapped
 
 

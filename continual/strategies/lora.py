@@ -13,7 +13,7 @@ import copy
 import torch
 
 from continual.hooks import Strategy
-from continual.loop import batches, head_logits
+from continual.learner import batches, head_logits
 from continual.routing import fit_keys, router_weights, task_distances
 
 

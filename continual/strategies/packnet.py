@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from continual.hooks import Strategy
-from continual.loop import head_logits, run_epochs
+from continual.learner import head_logits
+from continual.loop import run_epochs
 from continual.params import swapped
 
 FREE = -1

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from continual.buffers import BalancedBuffer, ReservoirBuffer
 from continual.hooks import Strategy
-from continual.loop import head_logits
+from continual.learner import head_logits
 
 
 def memory_loss(learner, items: Sequence[tuple[int, object]], tasks: dict) -> torch.Tensor:
