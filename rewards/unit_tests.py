@@ -80,7 +80,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from rewards import sandbox
 from rewards.base import ERROR, FAIL, INFRA_ERROR, PASS, RUNTIME_ERROR, TIMEOUT, Item, Result
@@ -820,41 +819,29 @@ def verdict(run: sandbox.Run, nonce: str, limits: sandbox.Limits) -> tuple[str, 
                                                  + (f" (signal {run.signal})" if run.signal else "")}
 
 
-@dataclass
 class PythonUnitTestScorer:
     """1.0 if the completion's code passes the reference's tests in the sandbox (see module docstring).
 
     Options: ``python`` (interpreter inside the sandbox), ``extra_ro`` (more read-only paths, e.g. a
     virtualenv with numpy), ``block`` ("first" | "last" fenced block), ``workers`` (sandboxes at once),
-    ``max_code_chars``, and the limits ``cpu_s``, ``wall_s``, ``memory_mb``, ``tmp_mb``, ``output_bytes``,
-    ``pids``, ``nofile``, ``file_mb`` (see :class:`rewards.sandbox.Limits`), ``reply_bytes`` (the longest
-    reply the solution's process may send: its top-level data, or one call's result).
+    ``max_code_chars``, ``reply_bytes`` (the longest reply the solution's process may send: its top-level
+    data, or one call's result), and any field of :class:`rewards.sandbox.Limits` (``cpu_s``, ``wall_s``,
+    ``memory_mb``, ...), which declares the limits and their defaults once for every sandboxed program.
     """
 
-    python: str = "/usr/bin/python3"
-    extra_ro: list = field(default_factory=list)
-    block: str = "first"
-    workers: int = 2
-    max_code_chars: int = 65536
-    cpu_s: int = 5
-    wall_s: float = 10.0
-    memory_mb: int = 512
-    tmp_mb: int = 16
-    output_bytes: int = 1 << 20
-    pids: int = 32
-    nofile: int = 64
-    file_mb: int = 16
-    reply_bytes: int = 4 << 20
-    name: str = "python_unit_tests"
+    name = "python_unit_tests"
     supports_deadline = True
 
-    def __post_init__(self):
-        if self.block not in ("first", "last"):
-            raise ValueError(f"python_unit_tests option block={self.block!r}: use 'first' or 'last'")
-        if self.workers < 1:
+    def __init__(self, python: str = "/usr/bin/python3", extra_ro: list | None = None, block: str = "first",
+                 workers: int = 2, max_code_chars: int = 65536, reply_bytes: int = 4 << 20,
+                 name: str = "python_unit_tests", **limits):
+        if block not in ("first", "last"):
+            raise ValueError(f"python_unit_tests option block={block!r}: use 'first' or 'last'")
+        if workers < 1:
             raise ValueError("python_unit_tests option workers must be >= 1")
-        self.limits = sandbox.Limits(self.cpu_s, self.wall_s, self.memory_mb, self.tmp_mb, self.output_bytes,
-                                     self.pids, self.nofile, self.file_mb)
+        self.python, self.extra_ro, self.block, self.workers = python, list(extra_ro or []), block, workers
+        self.max_code_chars, self.reply_bytes, self.name = max_code_chars, reply_bytes, name
+        self.limits = sandbox.Limits(**limits)  # an unknown option is a TypeError that names it
         self._slots = threading.BoundedSemaphore(self.workers)
 
     def score(self, items: list[Item], deadline: float | None = None) -> list[Result]:
