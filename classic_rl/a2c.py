@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
-from classic_rl.cartpole import evaluate, final_observations, finished_episodes, make_envs, random_returns
+from classic_rl.cartpole import final_observations, finish_run, finished_episodes, make_envs
 from classic_rl.episode_gae import rollout_gae
 from config.loader import check, load
 from runlog import RunLog
@@ -148,19 +148,8 @@ def train(args: Args) -> dict:
     episodes += recent
     envs.close()
 
-    greedy = evaluate(lambda x: agent.actor(x).argmax(-1), args.eval_episodes)
-    summary = {
-        "algo": "a2c", "seed": args.seed, "global_step": global_step, "episodes": len(episodes),
-        "train/return_last100": float(np.mean([x for x, _ in episodes[-100:]])) if episodes else float("nan"),
-        "eval/return_mean": float(greedy.mean()), "eval/return_std": float(greedy.std()),
-        "random/return_mean": float(random_returns(args.eval_episodes).mean()),
-        "wall_s": time.time() - start,
-    }
-    log.summary(summary)
-    log.plot(["charts/episodic_return", "losses/value_loss", "losses/entropy"], "curves.png",
-             title=f"A2C on CartPole-v1, seed {args.seed}")
-    log.close()
-    return summary
+    return finish_run(log, args, "a2c", lambda x: agent.actor(x).argmax(-1), global_step, episodes, start,
+                      curves=["charts/episodic_return", "losses/value_loss", "losses/entropy"], name="A2C")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ i.e. a truncation, not a terminal state); a uniformly random policy scores about
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import gymnasium as gym
@@ -65,3 +66,23 @@ def random_returns(episodes: int = 10, seed: int = 10_000, env_id: str = ENV_ID)
     """The baseline every method must beat: uniformly random actions on the same evaluation episodes."""
     rng = np.random.default_rng(seed)
     return evaluate(lambda obs: torch.as_tensor(rng.integers(0, 2, size=len(obs))), episodes, seed, env_id)
+
+
+def finish_run(log, args, algo: str, act: Callable[[torch.Tensor], torch.Tensor], global_step: int,
+               episodes: list[tuple[float, int]], start: float, curves: list[str], name: str) -> dict:
+    """End of every CartPole script: the greedy policy ``act`` evaluated beside a random one on the same
+    ``args.eval_episodes`` episodes, the summary written to ``log`` (a :class:`runlog.RunLog`, then closed)
+    with ``curves`` plotted under the title "<name> on CartPole-v1, seed <args.seed>"; returns the summary.
+    ``episodes`` are the training episodes' (return, length); ``start`` the run's ``time.time()``."""
+    greedy = evaluate(act, args.eval_episodes)
+    summary = {
+        "algo": algo, "seed": args.seed, "global_step": global_step, "episodes": len(episodes),
+        "train/return_last100": float(np.mean([r for r, _ in episodes[-100:]])) if episodes else float("nan"),
+        "eval/return_mean": float(greedy.mean()), "eval/return_std": float(greedy.std()),
+        "random/return_mean": float(random_returns(args.eval_episodes).mean()),
+        "wall_s": time.time() - start,
+    }
+    log.summary(summary)
+    log.plot(curves, "curves.png", title=f"{name} on {ENV_ID}, seed {args.seed}")
+    log.close()
+    return summary

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from classic_rl.cartpole import evaluate, final_observations, finished_episodes, make_envs, random_returns
+from classic_rl.cartpole import final_observations, finish_run, finished_episodes, make_envs
 from config.loader import check, load
 from runlog import RunLog
 
@@ -169,19 +169,8 @@ def train(args: Args) -> dict:
                     tp.data.copy_(args.tau * qp.data + (1.0 - args.tau) * tp.data)
     envs.close()
 
-    greedy = evaluate(lambda x: q_network(x).argmax(-1), args.eval_episodes)
-    summary = {
-        "algo": "dqn", "seed": args.seed, "global_step": global_step, "episodes": len(episodes),
-        "train/return_last100": float(np.mean([r for r, _ in episodes[-100:]])) if episodes else float("nan"),
-        "eval/return_mean": float(greedy.mean()), "eval/return_std": float(greedy.std()),
-        "random/return_mean": float(random_returns(args.eval_episodes).mean()),
-        "wall_s": time.time() - start,
-    }
-    log.summary(summary)
-    log.plot(["charts/episodic_return", "losses/td_loss", "losses/q_values"], "curves.png",
-             title=f"DQN on CartPole-v1, seed {args.seed}")
-    log.close()
-    return summary
+    return finish_run(log, args, "dqn", lambda x: q_network(x).argmax(-1), global_step, episodes, start,
+                      curves=["charts/episodic_return", "losses/td_loss", "losses/q_values"], name="DQN")
 
 
 if __name__ == "__main__":

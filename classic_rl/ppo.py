@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
-from classic_rl.cartpole import evaluate, final_observations, finished_episodes, make_envs, random_returns
+from classic_rl.cartpole import final_observations, finish_run, finished_episodes, make_envs
 from classic_rl.episode_gae import rollout_gae
 from config.loader import check, load
 from runlog import RunLog
@@ -211,19 +211,8 @@ def train(args: Args) -> dict:
     envs.close()
 
     # --- how good is it: greedy evaluation beside a random policy -------------------------------------------
-    greedy = evaluate(lambda x: agent.actor(x).argmax(-1), args.eval_episodes)
-    summary = {
-        "algo": "ppo", "seed": args.seed, "global_step": global_step, "episodes": len(episodes),
-        "train/return_last100": float(np.mean([r for r, _ in episodes[-100:]])) if episodes else float("nan"),
-        "eval/return_mean": float(greedy.mean()), "eval/return_std": float(greedy.std()),
-        "random/return_mean": float(random_returns(args.eval_episodes).mean()),
-        "wall_s": time.time() - start,
-    }
-    log.summary(summary)
-    log.plot(["charts/episodic_return", "losses/approx_kl", "losses/explained_variance"], "curves.png",
-             title=f"PPO on CartPole-v1, seed {args.seed}")
-    log.close()
-    return summary
+    return finish_run(log, args, "ppo", lambda x: agent.actor(x).argmax(-1), global_step, episodes, start,
+                      curves=["charts/episodic_return", "losses/approx_kl", "losses/explained_variance"], name="PPO")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
-from classic_rl.cartpole import evaluate, final_observations, make_envs, random_returns
+from classic_rl.cartpole import final_observations, finish_run, make_envs
 from config.loader import check, load
 from learners.advantages import gae_advantages
 from runlog import RunLog
@@ -148,19 +148,9 @@ def train(args: Args) -> dict:
         })
     envs.close()
 
-    greedy = evaluate(lambda x: policy(x).argmax(-1), args.eval_episodes)
-    summary = {
-        "algo": "reinforce", "seed": args.seed, "global_step": global_step, "episodes": len(episodes),
-        "train/return_last100": float(np.mean([x for x, _ in episodes[-100:]])) if episodes else float("nan"),
-        "eval/return_mean": float(greedy.mean()), "eval/return_std": float(greedy.std()),
-        "random/return_mean": float(random_returns(args.eval_episodes).mean()),
-        "wall_s": time.time() - start,
-    }
-    log.summary(summary)
-    log.plot(["charts/episodic_return", "losses/value_loss", "losses/entropy"], "curves.png",
-             title=f"REINFORCE with baseline on CartPole-v1, seed {args.seed}")
-    log.close()
-    return summary
+    return finish_run(log, args, "reinforce", lambda x: policy(x).argmax(-1), global_step, episodes, start,
+                      curves=["charts/episodic_return", "losses/value_loss", "losses/entropy"],
+                      name="REINFORCE with baseline")
 
 
 if __name__ == "__main__":
