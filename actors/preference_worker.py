@@ -6,7 +6,6 @@ and call the math in ``learners.dpo`` / ``learners.reward_model``; they hold no 
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -24,13 +23,12 @@ def _quiet() -> None:
 
 
 def _optimizer(params, cfg: Config, lr: float, total_steps: int):
-    """AdamW with the train section's schedule (transformers' maintained schedules)."""
-    from transformers import get_scheduler
+    """AdamW with the train section's warm-up and decay: the RL learner's schedule (``learners.step.make_scheduler``),
+    one optimizer step per train_step."""
+    from learners.step import make_scheduler
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
-    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[cfg.train.lr_schedule]
-    sched = get_scheduler(name, opt, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=max(1, total_steps))
-    return opt, sched
+    return opt, make_scheduler(opt, cfg.train, max(1, total_steps))
 
 
 def _chunks(rows: list, size: int):
@@ -91,13 +89,11 @@ class DPOWorker:
         return out
 
     def _pass(self, rows: list[dict], refs: list | None, train: bool) -> dict:
-        from learners.dpo import LENGTH_NORMALISED, get_dpo_loss, logratio_difference, preference_metrics
+        from learners.dpo import pair_losses, preference_metrics
 
         if refs is None:
             refs = self.reference_logps(rows)
         self.model.train(train)
-        avg = self.d.loss in LENGTH_NORMALISED
-        loss_fn = get_dpo_loss(self.d.loss)
         keep: list[torch.Tensor] = []
         total = 0.0
         for start in range(0, len(rows), self.cfg.train.micro_batch_size):
@@ -107,12 +103,9 @@ class DPOWorker:
             with torch.set_grad_enabled(train):
                 lp, n = self._logps(chunk)
                 pc, pr, rc, rr = lp[:B], lp[B:], ref[:, 0], ref[:, 1]
-                if avg:  # per-token means: divide both policy and reference sums by the completion length
-                    nc, nr = n[:B].clamp(min=1), n[B:].clamp(min=1)
-                    h = logratio_difference(pc / nc, pr / nr, rc / nc, rr / nr)
-                else:
-                    h = logratio_difference(pc, pr, rc, rr)
-                loss = loss_fn(h, self.d.beta, self.d.label_smoothing).sum() / len(rows)
+                # Summed over the micro-batch, divided by the whole batch: the accumulated gradient is the batch mean's.
+                loss = pair_losses(self.d.loss, pc, pr, rc, rr, self.d.beta, self.d.label_smoothing,
+                                   n[:B], n[B:]).sum() / len(rows)
             if train:
                 loss.backward()
             total += loss.item()
@@ -232,7 +225,7 @@ class RewardModelWorker:
         return "labels"
 
     def _pass(self, rows: list[dict], train: bool) -> dict:
-        from learners.reward_model import pairwise_accuracy, process_score
+        from learners.reward_model import outcome_metrics, pairwise_metrics, process_metrics
 
         self.rm.train(train)
         mb = self.cfg.train.micro_batch_size
@@ -246,31 +239,15 @@ class RewardModelWorker:
                 loss.backward()
             total += loss.item()
             keep.append({k: (v.detach() if torch.is_tensor(v) else v) for k, v in t.items()})
-        m = {"loss": total}
         cat = lambda k: torch.cat([t[k] for t in keep])  # noqa: E731
         if "chosen" in keep[0]:
-            rc, rr = cat("chosen"), cat("rejected")
-            m.update({"accuracy": pairwise_accuracy(rc, rr), "margin": (rc - rr).mean().item(),
-                      "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item()})
+            m = pairwise_metrics(cat("chosen"), cat("rejected"))
         elif "scores" in keep[0]:
-            s, z = cat("scores"), cat("labels")
-            m.update({"accuracy": ((s > 0) == z).float().mean().item(), "score_mean": s.mean().item()})
+            m = outcome_metrics(cat("scores"), cat("labels"))
         else:
-            v, z = cat("steps"), cat("step_labels")
-            per_row = [n for t in keep for n in t["per_row"]]
-            m["step_accuracy"] = ((v > 0) == z).float().mean().item()
-            # A solution is judged right when its reduced score says so (a logit > 0, or for ``prod`` a probability
-            # > 1/2 that every step is right); the truth is "all its steps are labelled true".
-            threshold = math.log(0.5) if self.r.process_reduce == "prod" else 0.0
-            sols, truth, k = [], [], 0
-            for n in per_row:
-                if n:  # a solution whose steps were all cut by max_len has nothing to judge
-                    sols.append(process_score(v[k:k + n], self.r.process_reduce).item() > threshold)
-                    truth.append(bool(z[k:k + n].all()))
-                k += n
-            m["solution_accuracy"] = sum(a == b for a, b in zip(sols, truth)) / max(1, len(sols))
-            m["accuracy"] = m["step_accuracy"]
-        return m
+            m = process_metrics(cat("steps"), cat("step_labels"), [n for t in keep for n in t["per_row"]],
+                                self.r.process_reduce)
+        return {"loss": total, **m}
 
     def train_step(self, rows: list[dict]) -> dict:
         self.opt.zero_grad(set_to_none=True)

@@ -82,15 +82,33 @@ def cdpo_loss(h: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> tor
     return -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
+def pair_losses(name: str, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+                chosen_len: torch.Tensor | None = None, rejected_len: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-pair loss ``name`` [B] from [B] sequence log-probs: L(h, beta) with
+
+        h = (log pi_theta(y_w|x) - log pi_ref(y_w|x)) / n_w - (log pi_theta(y_l|x) - log pi_ref(y_l|x)) / n_l
+
+    where n_w, n_l are the completions' token counts (``chosen_len``, ``rejected_len``, at least 1) for a loss in
+    ``LENGTH_NORMALISED`` when they are given -- per-token means, as IPO is defined -- and 1 otherwise (sums).
+    Per pair, so that a learner splitting a batch into micro-batches can weight each by its share of the batch."""
+    if name in LENGTH_NORMALISED and chosen_len is not None and rejected_len is not None:
+        n_w, n_l = chosen_len.clamp(min=1), rejected_len.clamp(min=1)
+        policy_chosen, ref_chosen = policy_chosen / n_w, ref_chosen / n_w
+        policy_rejected, ref_rejected = policy_rejected / n_l, ref_rejected / n_l
+    h = logratio_difference(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return get_dpo_loss(name)(h, beta, label_smoothing)
+
+
 def dpo_loss(name: str, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Mean loss ``name`` over the batch of pairs, and the metrics TRL users know (``rewards/chosen``,
-    ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``; implicit rewards beta * log-ratio).
+    """Mean loss ``name`` over the batch of pairs, (1/B) sum_i L(h_i, beta), and the metrics TRL users know
+    (``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``; implicit rewards
+    beta * log-ratio).
 
     All inputs are [B] sequence log-probs (sums, or per-token means for losses in ``LENGTH_NORMALISED``).
     """
-    h = logratio_difference(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    loss = get_dpo_loss(name)(h, beta, label_smoothing).mean()
+    loss = pair_losses(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing).mean()
     return loss, preference_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
 
 

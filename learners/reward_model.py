@@ -11,6 +11,7 @@ sequence classifier (the ``reward_model`` scorer, vLLM's reward models, TRL) can
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -65,6 +66,43 @@ def process_score(step_logits: torch.Tensor, reduce: str = "min") -> torch.Tenso
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
     """Share of pairs with r_w > r_l (ties count as wrong, so an untrained constant scorer gets 0, not 0.5)."""
     return (r_chosen > r_rejected).float().mean().item()
+
+
+@torch.no_grad()
+def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, float]:
+    """A pairwise RM on [B] pairs: ``accuracy`` = share with r_w > r_l (see :func:`pairwise_accuracy`),
+    ``margin`` = mean(r_w - r_l), and the mean scores ``rewards/chosen``, ``rewards/rejected``."""
+    return {"accuracy": pairwise_accuracy(r_chosen, r_rejected), "margin": (r_chosen - r_rejected).mean().item(),
+            "rewards/chosen": r_chosen.mean().item(), "rewards/rejected": r_rejected.mean().item()}
+
+
+@torch.no_grad()
+def outcome_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """An outcome RM on [B] labelled completions: ``accuracy`` = share with [sigma(r) > 1/2] = z (i.e. r > 0 for a
+    correct answer, r <= 0 for a wrong one) and ``score_mean`` = mean(r)."""
+    return {"accuracy": ((scores > 0) == labels).float().mean().item(), "score_mean": scores.mean().item()}
+
+
+@torch.no_grad()
+def process_metrics(step_logits: torch.Tensor, step_labels: torch.Tensor, steps_per_solution: list[int],
+                    reduce: str = "min") -> dict[str, float]:
+    """A process RM on flat [N_steps] step logits v_k and labels z_k, solution by solution (``steps_per_solution``
+    counts each solution's steps, in order).
+
+    ``step_accuracy`` (also ``accuracy``) = share of steps with [v_k > 0] = z_k. ``solution_accuracy`` = share of
+    solutions judged right exactly when all their steps are labelled right, a solution being judged right when its
+    :func:`process_score` says so: a logit > 0, or for ``prod`` a probability prod_k sigma(v_k) > 1/2. A solution
+    with no steps (all cut by the length limit) has nothing to judge and is left out."""
+    step_accuracy = ((step_logits > 0) == step_labels).float().mean().item()
+    threshold = math.log(0.5) if reduce == "prod" else 0.0
+    judged, truth, k = [], [], 0
+    for n in steps_per_solution:
+        if n:
+            judged.append(process_score(step_logits[k:k + n], reduce).item() > threshold)
+            truth.append(bool(step_labels[k:k + n].all()))
+        k += n
+    solution_accuracy = sum(a == b for a, b in zip(judged, truth)) / max(1, len(judged))
+    return {"step_accuracy": step_accuracy, "solution_accuracy": solution_accuracy, "accuracy": step_accuracy}
 
 
 def is_bidirectional(config) -> bool:

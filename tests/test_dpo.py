@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learners.dpo import DPO_LOSSES, cdpo_loss, completion_logps, dpo_loss, get_dpo_loss
+from learners.dpo import DPO_LOSSES, cdpo_loss, completion_logps, dpo_loss, get_dpo_loss, pair_losses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,20 @@ def test_cdpo_reduces_to_dpo_and_stops_at_its_finite_optimum():
     with pytest.raises(ValueError, match="unknown DPO loss 'kto'"):
         get_dpo_loss("kto")
 
+
+def test_pair_losses_average_over_tokens_for_length_normalised_losses_only():
+    # Sums: log pi(y_w)=-4, log pi(y_l)=-6, log ref(y_w)=-6, log ref(y_l)=-4 -> h = 2 - (-2) = 4.
+    # Per token, |y_w| = 2 and |y_l| = 4: h = (-2 - -3) - (-1.5 - -1) = 1.5.
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-4.0, -6.0, -6.0, -4.0))
+    n_w, n_l = torch.tensor([2.0]), torch.tensor([4.0])
+    ipo = pair_losses("ipo", pc, pr, rc, rr, 0.5, chosen_len=n_w, rejected_len=n_l)
+    assert ipo.item() == pytest.approx((1.5 - 1.0) ** 2)  # (h - 1/(2 tau))^2 on the per-token h
+    sig = pair_losses("sigmoid", pc, pr, rc, rr, 0.5, chosen_len=n_w, rejected_len=n_l)
+    assert sig.item() == pytest.approx(math.log(1 + math.exp(-2.0)))  # -log sigma(beta h), summed h
+    # No lengths: the inputs are taken as they are (what dpo_loss does); an empty completion counts as 1 token.
+    assert pair_losses("ipo", pc, pr, rc, rr, 0.5).item() == pytest.approx((4.0 - 1.0) ** 2)
+    zero = torch.tensor([0.0])
+    assert pair_losses("ipo", pc, pr, rc, rr, 0.5, chosen_len=zero, rejected_len=zero).item() == pytest.approx(9.0)
 
 @pytest.fixture(scope="module")
 def trl_setup(tiny_model_dir):
@@ -184,6 +198,19 @@ def test_precomputed_and_online_reference_give_the_same_step(tiny_model_dir):
     assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6)
     assert ma["loss"] == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-4)  # IPO at h=0: (0 - 1/(2 beta))^2
 
+
+def test_first_step_of_a_warmed_up_run_moves_the_policy(tiny_model_dir):
+    """The preference learners use the RL learner's schedule: warm-up starts at lr / warmup_steps, not at 0 (a first
+    optimizer step with lr 0 would leave the weights as they were)."""
+    from actors.preference_worker import DPOWorker
+
+    rows = [{"prompt": f"{a}+{b}=", "chosen": f"{a + b}", "rejected": f"{a + b + 2}"} for a, b in [(1, 1), (2, 5)]]
+    w = DPOWorker(str(tiny_model_dir), _cfg(**{"train.warmup_steps": 4, "dpo.lr": 1e-2}), total_steps=8)
+    assert w.opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    before = w.evaluate(rows)
+    m = w.train_step(rows)
+    assert m["lr"] == pytest.approx(2e-2 / 4)  # the next step's rate
+    assert w.evaluate(rows)["loss"] < before["loss"]
 
 def _load_pipeline(name: str):
     spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO / "pipelines" / f"{name}.py")

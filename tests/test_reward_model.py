@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from learners.reward_model import (
-    RewardModel, bradley_terry_loss, outcome_loss, pairwise_accuracy, process_loss, process_score,
+    RewardModel, bradley_terry_loss, outcome_loss, outcome_metrics, pairwise_accuracy, pairwise_metrics,
+    process_loss, process_metrics, process_score,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,25 @@ def test_losses_match_hand_worked_example():
     want = sum(math.log(1 / (1 + math.exp(-v))) for v in (2.0, -1.0, 0.5))
     assert process_score(steps, "prod").item() == pytest.approx(want, abs=1e-6)
 
+
+def test_metrics_match_hand_worked_example():
+    rc, rr = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.5, 1.0, 2.0])
+    m = pairwise_metrics(rc, rr)
+    assert m["accuracy"] == pytest.approx(1 / 3)  # 1 > 0.5 only; the tie 2 = 2 is not a win
+    assert m["margin"] == pytest.approx((0.5 - 1.0 + 0.0) / 3)
+    assert m["rewards/chosen"] == pytest.approx(1.0) and m["rewards/rejected"] == pytest.approx(3.5 / 3)
+    m = outcome_metrics(torch.tensor([2.0, -1.0, 0.5, 0.0]), torch.tensor([True, False, False, True]))
+    assert m["accuracy"] == 0.5 and m["score_mean"] == pytest.approx(0.375)  # r = 0 is sigma = 1/2: not "correct"
+    # Three solutions of 2, 0 (cut by max_len) and 2 steps. Solution 1: steps 2, -1 labelled right, wrong -> min -1
+    # judges it wrong, truly wrong; solution 3: steps 3, 0.5 both right -> right, truly right.
+    v, z = torch.tensor([2.0, -1.0, 3.0, 0.5]), torch.tensor([True, False, True, True])
+    m = process_metrics(v, z, [2, 0, 2], "min")
+    assert m == {"step_accuracy": 1.0, "solution_accuracy": 1.0, "accuracy": 1.0}
+    # prod: log P(all right) = log sigma(3) + log sigma(0.5) = -0.0486 - 0.4741 > log 1/2: right, as labelled.
+    assert process_metrics(v, z, [2, 0, 2], "prod")["solution_accuracy"] == 1.0
+    # Labels saying solution 3 went wrong at its last step: the step and the solution are now misjudged.
+    m = process_metrics(v, torch.tensor([True, False, True, False]), [2, 0, 2], "last")
+    assert m["step_accuracy"] == 0.75 and m["solution_accuracy"] == 0.5
 
 def test_causal_value_head_scores_every_prefix_in_one_pass(tiny_model_dir):
     """The step logits a process RM trains on (one forward, read at each step's last token) are exactly the scores
