@@ -184,31 +184,43 @@ class RewardConfig:
 
 @dataclass
 class AlgoConfig:
-    """The RL algorithm: a name picks the defaults (learners/algorithms.py), every empty key below falls back to
-    them, any key set here wins. One page per algorithm in docs/algorithms/."""
+    """The RL algorithm: a name picks the defaults (learners/algorithms.py), every key below left at null (None, its
+    default) takes the algorithm's value, any key set here wins. null is the one spelling of "the default": an empty
+    string or a 0 in its place is refused with the key named. One page per algorithm in docs/algorithms/.
+
+    The names (algorithms, estimators, losses, aggregations) live in their registries, not here: learners/algorithms.py
+    ALGORITHMS, learners/advantages.py ADV_ESTIMATORS, learners/policy_loss.py POLICY_LOSSES and AGGREGATIONS;
+    docs/algorithms/index.md lists them, and a wrong name fails at start-up with the choices."""
 
     name: str = "grpo"
-    """grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp | reinforce_pp_baseline (pipelines/grpo.py), ppo (pipelines/ppo.py)."""
-    adv_estimator: str = ""
-    """grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae (empty = the algorithm's default)."""
-    policy_loss: str = ""
-    """ppo_clip (token ratio) | gspo (sequence ratio) (empty = the algorithm's default)."""
-    loss_agg: str = ""
-    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (empty = the algorithm's default)."""
-    norm_len: int = 0
-    """The constant L of seq-mean-token-sum-norm (Dr.GRPO); 0 = rollout.max_new_tokens."""
+    """The algorithm: a row of learners/algorithms.py ALGORITHMS. pipelines/ppo.py runs those that train a critic
+    (ppo), pipelines/grpo.py all the others."""
+    adv_estimator: Optional[str] = None
+    """Advantage estimator, a name in learners/advantages.py ADV_ESTIMATORS; null = the algorithm's."""
+    policy_loss: Optional[str] = None
+    """Policy loss, a name in learners/policy_loss.py POLICY_LOSSES (ppo_clip: token ratio, gspo: sequence ratio);
+    null = the algorithm's (ppo_clip unless it says otherwise)."""
+    loss_agg: Optional[str] = None
+    """Loss aggregation, one of learners/policy_loss.py AGGREGATIONS; null = the algorithm's (token-mean unless it
+    says otherwise)."""
+    norm_len: Optional[int] = None
+    """The constant L of seq-mean-token-sum-norm (Dr.GRPO), >= 1; null = rollout.max_new_tokens."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters of the chosen estimator or loss that have no key of their own, by the name of the function's
+    keyword-only parameter (e.g. algo.params.eps=1e-4 for the GRPO estimator's std epsilon); the algorithm's row may
+    set some. An unknown name is refused with the ones the estimator and loss take."""
     clip_low: Optional[float] = None
-    """PPO clip epsilon below 1 (empty = the algorithm's default: 0.2; GSPO 3e-4)."""
+    """PPO clip epsilon below 1; null = the algorithm's (0.2; GSPO 3e-4)."""
     clip_high: Optional[float] = None
-    """PPO clip epsilon above 1 (empty = the algorithm's default: 0.2; DAPO's clip-higher 0.28; GSPO 4e-4)."""
+    """PPO clip epsilon above 1; null = the algorithm's (0.2; DAPO's clip-higher 0.28; GSPO 4e-4)."""
     kl_coef: float = 0.04
     """beta: weight of the KL to the reference policy (0 disables it and skips ref logprobs); the start value
     when kl_ctrl=adaptive."""
     kl_estimator: Optional[Literal["k1", "k2", "k3"]] = None
-    """KL estimator (Schulman's k1, k2, k3); empty = the algorithm's default (k3 in the loss, k1 as a reward penalty)."""
+    """KL estimator (Schulman's k1, k2, k3); null = k3 when the KL is in the loss, k1 when it is a reward penalty."""
     kl_mode: Optional[Literal["loss", "reward"]] = None
     """loss: + beta * KL in the loss (GRPO); reward: -beta * KL_t added to every token's reward before the
-    advantages (PPO-RLHF, RLOO, REINFORCE++); empty = the algorithm's default."""
+    advantages (PPO-RLHF, RLOO, REINFORCE++); null = the algorithm's (loss unless it says otherwise)."""
     kl_ctrl: Literal["fixed", "adaptive"] = "fixed"
     """fixed beta, or the adaptive controller of Ziegler et al. 2019 (learners/kl_control.py)."""
     kl_target: float = 6.0
@@ -218,41 +230,50 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     """Entropy bonus weight."""
     dual_clip: float = 0.0
-    """Dual-clip constant c (> 1) for negative advantages; 0 disables."""
+    """Dual-clip constant c (> 1) for negative advantages; 0 switches dual clipping off (not a default: off is the value)."""
     norm_adv_by_std: Optional[bool] = None
-    """Divide group-relative advantages by the group std (GRPO: true) or not (Dr.GRPO: false); empty = the algorithm's default."""
+    """Divide group-relative advantages by the group std (GRPO: true) or not (Dr.GRPO: false); null = the
+    algorithm's (true unless it says otherwise)."""
     gamma: float = 1.0
     """Discount over response tokens (GAE, REINFORCE++)."""
     lam: float = 0.95
     """GAE lambda (PPO)."""
     dynamic_sampling: Optional[bool] = None
-    """DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full; empty =
-    the algorithm's default (on for dapo)."""
+    """DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full; null =
+    the algorithm's (on for dapo, off otherwise)."""
     dynamic_sampling_max_rounds: int = 3
     """Extra generate rounds per step at most when refilling the batch (then it trains on what it has)."""
     overlong_filter: Optional[bool] = None
-    """DAPO: truncated completions (finish_reason 'length') get no loss; empty = the algorithm's default (on for dapo).
-    Soft overlong punishment is the 'overlong' scorer in reward.scorers."""
+    """DAPO: truncated completions (finish_reason 'length') get no loss; null = the algorithm's (on for dapo, off
+    otherwise). Soft overlong punishment is the 'overlong' scorer in reward.scorers."""
     ptx_coef: float = 0.0
     """PPO-ptx (InstructGPT): weight of the supervised loss on pretraining/SFT data mixed into the policy loss."""
-    ptx_data: str = ""
-    """Data for the ptx loss: a chat/prompt-completion file (datapipe formats); empty = the built-in task's reference answers."""
+    ptx_data: Optional[str] = None
+    """Data for the ptx loss: a chat/prompt-completion file (datapipe formats); null = the built-in task's reference
+    answers."""
     ptx_batch_size: int = 8
     """ptx sequences per optimizer step."""
-    critic_model: str = ""
-    """PPO critic: empty = a value head on the policy's own base (4-bit under qlora) with its own LoRA; a folder
+    critic_model: Optional[str] = None
+    """PPO critic: null = a value head on the policy's own base (4-bit under qlora) with its own LoRA; a folder
     (e.g. a trained reward model) or preset:NAME (a tiny model) = a separate model."""
     critic_finetune: Optional[Literal["qlora", "lora", "full"]] = None
-    """How the critic trains (empty = model.finetune)."""
+    """How the critic trains; null = model.finetune."""
     critic_lr: float = 5e-4
     """Critic learning rate (AdamW)."""
     value_clip: float = 0.2
     """PPO value clipping: V is kept within +-value_clip of the old value in the loss (0 disables)."""
 
     def __post_init__(self):
+        # One spelling of "the default": None. The old ones ("" and 0) are refused rather than read as None, so
+        # that a config file or command line says one thing in one way.
+        for key in ("adv_estimator", "policy_loss", "loss_agg", "ptx_data", "critic_model"):
+            check(getattr(self, key) != "", f"algo.{key}",
+                  "an empty string is not a value; leave the key out or set it to null for the default")
+        check(self.norm_len is None or self.norm_len >= 1, "algo.norm_len",
+              f"must be >= 1, got {self.norm_len}; leave it out or set it to null for rollout.max_new_tokens")
         for key in ("clip_low", "clip_high"):
             v = getattr(self, key)
-            check(v is None or v >= 0, f"algo.{key}", f"must be >= 0, got {v}")
+            check(v is None or v >= 0, f"algo.{key}", f"must be >= 0, got {v}; null = the algorithm's default")
         check(self.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.kl_coef}")
         check(self.kl_target > 0, "algo.kl_target", f"must be > 0, got {self.kl_target}")
         check(self.kl_horizon > 0, "algo.kl_horizon", f"must be > 0, got {self.kl_horizon}")
@@ -263,7 +284,6 @@ class AlgoConfig:
         check(self.ptx_batch_size >= 1, "algo.ptx_batch_size", "must be >= 1")
         check(self.critic_lr > 0, "algo.critic_lr", f"must be > 0, got {self.critic_lr}")
         check(self.value_clip >= 0, "algo.value_clip", f"must be >= 0, got {self.value_clip}")
-        check(self.norm_len >= 0, "algo.norm_len", "must be >= 0")
 
 
 @dataclass

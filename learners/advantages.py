@@ -2,7 +2,7 @@
 
 Every registered estimator has one signature (the veRL way, so that an algorithm is a name in the config):
 
-    fn(token_rewards [B, T], mask [B, T], group_ids [B], values [B, T] | None, *, gamma, lam, norm_by_std, eps)
+    fn(token_rewards [B, T], mask [B, T], group_ids [B], values [B, T] | None, *, <hyperparameters>)
         -> (advantages [B, T], returns [B, T] | None)
 
 ``token_rewards`` holds the sequence score on each response's last token plus, when the KL is a reward
@@ -10,6 +10,11 @@ penalty, -beta * KL_t on every token (:func:`outcome_token_rewards`); ``mask`` i
 ``group_ids`` say which prompt each sample answers (the samples of one prompt form a group). Outcome
 estimators (GRPO, Dr.GRPO, RLOO) use the sequence total R_i = sum_t r_{i,t}; token estimators (GAE,
 REINFORCE++) use the per-token rewards. ``returns`` are the critic's regression targets (GAE only).
+
+The keyword-only parameters are the estimator's hyperparameters and come from the resolved algorithm config by
+name (learners/algorithms.py ``hyperparameters``): an AlgoConfig field of that name (``gamma``, ``lam``,
+``norm_adv_by_std``) or ``algo.params[name]`` (``eps``); ``reduce`` (a sum over data-parallel learners) is the
+learner's. An estimator declares only what it reads.
 """
 from __future__ import annotations
 
@@ -170,28 +175,29 @@ def _broadcast(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @register_adv_est("grpo")
-def grpo_advantages(token_rewards, mask, group_ids, values=None, *, norm_by_std: bool = True, eps: float = 1e-6,
-                    **_) -> tuple[torch.Tensor, None]:
+def grpo_advantages(token_rewards, mask, group_ids, values=None, *, norm_adv_by_std: bool = True,
+                    eps: float = 1e-6) -> tuple[torch.Tensor, None]:
     """GRPO (Shao et al. 2024): A_{i,t} = (R_i - mean(R_group)) / (std(R_group) + eps) on every token of o_i.
-    With ``norm_by_std=False`` it is Dr.GRPO's A_{i,t} = R_i - mean(R_group)."""
-    return _broadcast(group_relative(sequence_scores(token_rewards, mask), group_ids, norm_by_std, eps), mask), None
+    With ``norm_adv_by_std=False`` it is Dr.GRPO's A_{i,t} = R_i - mean(R_group)."""
+    return _broadcast(group_relative(sequence_scores(token_rewards, mask), group_ids, norm_adv_by_std, eps),
+                      mask), None
 
 
 @register_adv_est("dr_grpo")
-def dr_grpo_advantages(token_rewards, mask, group_ids, values=None, *, eps: float = 1e-6, **_):
+def dr_grpo_advantages(token_rewards, mask, group_ids, values=None, *, eps: float = 1e-6):
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_{i,t} = R_i - mean(R_group).
     Dividing by the group std weights easy and hard prompts up (a question bias); the mean alone does not."""
     return _broadcast(group_relative(sequence_scores(token_rewards, mask), group_ids, False, eps), mask), None
 
 
 @register_adv_est("rloo")
-def rloo_advantages(token_rewards, mask, group_ids, values=None, **_):
+def rloo_advantages(token_rewards, mask, group_ids, values=None):
     """RLOO: A_{i,t} = R_i - mean_{j != i} R_j over the other samples of the same prompt (see :func:`leave_one_out`)."""
     return _broadcast(leave_one_out(sequence_scores(token_rewards, mask), group_ids), mask), None
 
 
 @register_adv_est("reinforce_pp")
-def reinforce_pp_advantages(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, reduce=None, **_):
+def reinforce_pp_advantages(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, reduce=None):
     """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs"):
 
         G_t = sum_{s >= t} gamma^(s-t) r_s,    A_t = (G_t - mean_batch(G)) / std_batch(G)
@@ -202,8 +208,8 @@ def reinforce_pp_advantages(token_rewards, mask, group_ids=None, values=None, *,
 
 
 @register_adv_est("reinforce_pp_baseline")
-def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None, *, gamma: float = 1.0, reduce=None,
-                                     **_):
+def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None, *, gamma: float = 1.0,
+                                     reduce=None):
     """REINFORCE++-baseline (Hu 2025, sec. on group sampling): subtract the group mean of the outcome score
     first, then normalise over the batch:
 
@@ -219,7 +225,7 @@ def reinforce_pp_baseline_advantages(token_rewards, mask, group_ids, values=None
 
 @register_adv_est("gae")
 def gae_estimator(token_rewards, mask, group_ids=None, values=None, *, gamma: float = 1.0, lam: float = 0.95,
-                  reduce=None, **_):
+                  reduce=None):
     """PPO-RLHF (Ouyang et al. 2022; Ziegler et al. 2019): GAE over the response tokens with the critic's values,
     advantages then whitened over the batch (as veRL and OpenRLHF do); returns = A + V, before whitening, are
     the critic's targets."""

@@ -3,6 +3,11 @@
 Notation: for response token t of sequence i, ``logp`` = log pi_theta(o_t | q, o_<t), ``old_logp`` the
 same under the sampling policy pi_old, ``ref_logp`` under the reference policy, ``adv`` the advantage
 A_{i,t}, ``mask`` 1 on response tokens. All are [B, T].
+
+A registered policy loss is ``fn(logp, old_logp, adv, mask, *, <hyperparameters>) -> (loss, metrics)``; its
+keyword-only parameters come from the resolved algorithm config by name (learners/algorithms.py
+``hyperparameters``): the AlgoConfig field of that name (``clip_low``, ``clip_high``, ``dual_clip``, ``loss_agg``,
+``norm_len``) or ``algo.params[name]``. A loss declares only what it reads.
 """
 from __future__ import annotations
 
@@ -96,9 +101,9 @@ def _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip):
 
 
 @register_policy_loss("ppo_clip")
-def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
                   clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
-                  loss_agg: str = "token-mean", norm_len: float | None = None, **_) -> tuple[torch.Tensor, dict]:
+                  loss_agg: str = "token-mean", norm_len: float | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate (Schulman et al. 2017, PPO), per token, as GRPO uses it:
 
         rho_t = exp(logp_t - old_logp_t)
@@ -116,9 +121,9 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
 
 
 @register_policy_loss("gspo")
-def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
               clip_low: float = 3e-4, clip_high: float = 4e-4, dual_clip: float = 0.0,
-              loss_agg: str = "seq-mean-token-mean", norm_len: float | None = None, **_) -> tuple[torch.Tensor, dict]:
+              loss_agg: str = "seq-mean-token-mean", norm_len: float | None = None) -> tuple[torch.Tensor, dict]:
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per sequence,
     the length-normalised likelihood ratio, clipped at the sequence level:
 

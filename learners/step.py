@@ -2,6 +2,19 @@
 
 Pure torch (no Ray): the learner actor calls these; tests call them directly. Token tensors are [B, L-1],
 aligned with ``sequence_logprobs``: column t-1 scores token t of prompt + completion.
+
+The KL to the reference policy is measured under three names, one per quantity (none is logged as plain ``kl``):
+
+- ``kl_loss`` (:func:`rl_objective`, kl_mode loss): agg_t KL_est(pi_theta || pi_ref), the term beta multiplies in
+  the loss, with KL_est = ``algo.kl_estimator`` (k3 by default) on the policy being trained, averaged over the
+  update's micro-batches;
+- ``kl_reward`` (:func:`prepare_batch`, kl_mode reward): agg_t KL_est(pi_old || pi_ref), the per-token penalty
+  subtracted from the rewards, with KL_est = ``algo.kl_estimator`` (k1 by default) on the sampling policy, before
+  the update;
+- ``kl_seq`` (:func:`prepare_batch`, either mode when pi_old is computed): sum_t k1(pi_old || pi_ref) per response,
+  averaged over responses -- what the adaptive controller tracks.
+
+agg is ``algo.loss_agg``.
 """
 from __future__ import annotations
 
@@ -11,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from learners.advantages import get_adv_estimator, outcome_token_rewards
+from learners.algorithms import hyperparameters
 from learners.logprobs import sequence_logprobs
 from learners.policy_loss import aggregate, get_policy_loss, kl_penalty, masked_mean
 from learners.rollout_correction import correction_weights, mismatch_metrics
@@ -106,12 +120,13 @@ def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_
 
     With ``algo.kl_mode == 'reward'`` the per-token ``kl`` estimate enters the rewards as -kl_coef * KL_t
     before the estimator sees them (Ziegler et al. 2019); otherwise the KL is a loss term (see :func:`rl_loss`).
+    The estimator takes the hyperparameters its signature declares from ``algo`` (learners/algorithms.py
+    ``hyperparameters``) and, if it declares ``reduce``, the reducer's sum.
     """
     penalty = kl if algo.kl_mode == "reward" else None
     token_rewards = outcome_token_rewards(scores.float(), response_mask, penalty, kl_coef)
     fn = get_adv_estimator(algo.adv_estimator)
-    return fn(token_rewards, response_mask, group_ids, values, gamma=algo.gamma, lam=algo.lam,
-              norm_by_std=bool(algo.norm_adv_by_std), reduce=reducer.sum)
+    return fn(token_rewards, response_mask, group_ids, values, **hyperparameters(fn, algo, reduce=reducer.sum))
 
 
 @torch.no_grad()
@@ -139,7 +154,8 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
                   temperature: float = 1.0) -> tuple[RLBatch, dict]:
     """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
-    holds ``returns`` (lists, for the critic) and the measured KL of the batch.
+    holds ``returns`` (lists, for the critic) and the measured KL of the batch (``kl_seq``; ``kl_reward`` in
+    reward mode: see the module docstring).
 
     ``ref_logprobs_fn(ids, att, positions)`` gives the reference policy's logprobs at the response positions (the
     learner runs the model with its adapter off; at ``temperature``, like every logprob here). Reference and old
@@ -166,8 +182,8 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
         # What the adaptive controller tracks: KL(pi_old || pi_ref) per response, summed over its tokens.
         kl_resp = kl_penalty(batch.old_logp, batch.ref_logp, "k1").mul(resp).sum(-1)
         info["kl_seq"] = reducer.mean(kl_resp.sum(), len(kl_resp))
-        if algo.kl_mode == "reward":
-            info["kl"] = aggregate(kl, resp, algo.loss_agg, algo.norm_len).item()
+        if algo.kl_mode == "reward":  # the penalty the rewards carry: KL_est(pi_old || pi_ref), before the update
+            info["kl_reward"] = aggregate(kl, resp, algo.loss_agg, algo.norm_len).item()
     v = scatter_response(prompt_ids, values, resp) if values is not None else None
     adv, returns = compute_advantages(torch.tensor(scores, dtype=torch.float32), resp, torch.tensor(group_ids),
                                       algo, kl, kl_coef, v, reducer)
@@ -189,8 +205,10 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
 
         loss = policy_loss(rho, w * A) + beta * agg(KL_est(pi_theta || pi_ref)) - c_H * agg(H(pi_theta))
 
-    (the KL term only when ``algo.kl_mode == 'loss'``; the aggregation is ``algo.loss_agg``). Without
-    ``old_logp`` (one on-policy pass) rho = exp(logp - logp.detach()) = 1 with the right gradient.
+    (the KL term only when ``algo.kl_mode == 'loss'``, logged as ``kl_loss``; the aggregation is ``algo.loss_agg``).
+    Without ``old_logp`` (one on-policy pass) rho = exp(logp - logp.detach()) = 1 with the right gradient. The
+    policy loss takes the hyperparameters its signature declares from ``algo`` (learners/algorithms.py
+    ``hyperparameters``).
 
     ``engine_logp`` (log mu, the engine's sampling logprobs): the rollout/learner mismatch is measured against
     pi_old and, with ``correction`` tis or mis, corrected by per-token weights w_t >= 0
@@ -199,7 +217,7 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
     """
     kl_coef = algo.kl_coef if kl_coef is None else kl_coef
     old = old_logp if old_logp is not None else logp.detach()
-    norm_len = algo.norm_len or None
+    norm_len = algo.norm_len
     metrics = {}
     if engine_logp is not None:
         engine_logp = torch.where(torch.isnan(engine_logp), old.detach(), engine_logp)  # no logprob: no mismatch
@@ -209,16 +227,15 @@ def rl_objective(logp: torch.Tensor, entropy: torch.Tensor | None, old_logp: tor
             adv = adv * w
             metrics["rollout_corr/is_weight_mean"] = masked_mean(w, mask).item()
             metrics["rollout_corr/dropped_frac"] = masked_mean((w == 0).float(), mask).item()
-    pg, pg_metrics = get_policy_loss(algo.policy_loss)(
-        logp, old, adv.to(logp.dtype), mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-        loss_agg=algo.loss_agg, norm_len=norm_len)
+    policy_loss = get_policy_loss(algo.policy_loss)
+    pg, pg_metrics = policy_loss(logp, old, adv.to(logp.dtype), mask, **hyperparameters(policy_loss, algo))
     metrics.update(pg_metrics)
     loss = pg
     metrics["pg_loss"] = pg.item()
     if kl_coef > 0 and ref_logp is not None and algo.kl_mode == "loss":
         kl_term = aggregate(kl_penalty(logp, ref_logp, algo.kl_estimator), mask, algo.loss_agg, norm_len)
         loss = loss + kl_coef * kl_term
-        metrics["kl"] = kl_term.item()
+        metrics["kl_loss"] = kl_term.item()  # KL_est(pi_theta || pi_ref): see the module docstring
     if entropy is not None:
         ent = aggregate(entropy, mask, algo.loss_agg, norm_len)
         if algo.entropy_coef:
