@@ -139,7 +139,9 @@ def critic_update(critic, optimizer, batch: ValueBatch, value_clip: float, train
     n_updates = 0
     critic.train()
     for _ in range(train.epochs):
-        for mb_idx in torch.randperm(len(batch)).chunk(train.mini_batches):
+        # tensor_split, not chunk: exactly train.mini_batches updates, as the policy's learner makes
+        # (learners/step.py); chunk gives fewer when the batch is small (6 rows in 4 -> 3 chunks of 2)
+        for mb_idx in torch.tensor_split(torch.randperm(len(batch)), train.mini_batches):
             mb = batch.select(mb_idx)
             optimizer.zero_grad(set_to_none=True)
             tokens = mb.mask.sum().clamp(min=1.0)
