@@ -30,7 +30,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -115,18 +115,19 @@ def _jsonable(x, depth: int = 0):
 
 # ---- guard: auth first, then the body limit (an unauthenticated body is never read) -------------------------
 class Guard:
-    def __init__(self, app, token: str, max_body: int, metrics):
+    def __init__(self, app, token: str, max_body: int, metrics: "ServiceMetrics"):
         self.app, self.token, self.max_body, self.metrics = app, token.encode(), max_body, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        status_box = {}
+        code = 0  # the status the app (or this guard) answered; 0 when the client left first
 
         async def counting_send(message):
+            nonlocal code
             if message["type"] == "http.response.start":
-                status_box["code"] = message["status"]
+                code = message["status"]
             await send(message)
 
         try:
@@ -161,8 +162,7 @@ class Guard:
 
             await self.app(scope, replay, counting_send)
         finally:
-            route = path if path in KNOWN_PATHS else "other"
-            self.metrics["requests"].labels(route, str(status_box.get("code", 0))).inc()
+            self.metrics.requests.labels(path if path in KNOWN_PATHS else "other", str(code)).inc()
 
     @staticmethod
     def _non_finite(headers: dict, body: bytes) -> str | None:
@@ -201,16 +201,38 @@ KNOWN_PATHS = frozenset({"/healthz", "/v1/score", "/v1/openrlhf", "/get_reward",
                          "/openapi.json", "/redoc"})
 
 
-# ---- the app -------------------------------------------------------------------------------------------------
-def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
-    """The FastAPI app for ``cfg``; ``token`` defaults to the variable ``cfg.token_env`` (required)."""
-    token = token if token is not None else os.environ.get(cfg.token_env, "")
-    if not token:
-        raise SystemExit(f"refusing to start without a token: set {cfg.token_env} (the bearer token clients send)")
-    enable_plugins(cfg.plugins)
-    allow_destinations(cfg.remote_allow)
-    # Built here once to refuse a bad config at start; the scoring itself happens in the pool's workers,
-    # each of which builds its own copy (a hung scorer there can be killed, one here could not).
+# ---- metrics ---------------------------------------------------------------------------------------------
+class ServiceMetrics:
+    """The service's Prometheus metrics, in a registry of their own (each app has one: a process may build several)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("reward_requests_total", "HTTP requests by route and status code", ["route", "code"],
+                                registry=self.registry)
+        self.items = Counter("reward_items_total", "Scored items by scorer and status", ["scorer", "status"],
+                             registry=self.registry)
+        self.seconds = Histogram("reward_score_seconds", "Time to score one request", ["scorer"],
+                                 registry=self.registry)
+        self.in_flight = Gauge("reward_requests_in_flight", "Requests being scored now", registry=self.registry)
+        self.kills = Counter("reward_scorer_kills_total", "Scorer worker processes killed for overrunning the deadline",
+                             registry=self.registry)
+        self.workers = Gauge("reward_scorer_workers", "Scorer worker processes alive (idle or running)",
+                             registry=self.registry)
+
+    def watch(self, pool: ScorerPool) -> None:
+        """Read the pool's live worker count at every scrape."""
+        self.workers.set_function(lambda: len(pool.pids()))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# ---- the served scorers --------------------------------------------------------------------------------------
+def check_scorers(cfg: ServiceConfig) -> tuple[dict[str, tuple[str, dict]], bool]:
+    """``(specs, sandboxed)``: served name -> (registry name, options) for the pool's workers, and whether any
+    served scorer runs code in the sandbox. Each scorer is built here once, to refuse a bad config at start;
+    the scoring itself happens in the pool's workers, each of which builds its own copy (a hung scorer there
+    can be killed, one here could not)."""
     specs, sandboxed = {}, False
     for name, opts in cfg.served().items():
         opts = dict(opts)
@@ -222,7 +244,126 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
         sandboxed |= getattr(built, "supports_deadline", False) and hasattr(built, "limits")
         specs[name] = (base, opts)
         del built
-    scorers = sorted(specs)
+    return specs, sandboxed
+
+
+class Scoring:
+    """What the routes share: the served scorers, the worker pool, the operator's bounds and the metrics."""
+
+    def __init__(self, cfg: ServiceConfig, specs: dict, pool: ScorerPool, metrics: ServiceMetrics,
+                 sandbox_state: str | None):
+        self.cfg, self.specs, self.pool, self.metrics = cfg, specs, pool, metrics
+        self.names = sorted(specs)
+        self.sandbox_state = sandbox_state
+        """None when the sandbox can run programs here, else why not (sandboxed scorers fail closed)."""
+
+    def too_long(self, item: Item) -> bool:
+        ref_len = len(json.dumps(item.reference)) if item.reference is not None else 0
+        return max(len(item.prompt), len(item.completion), ref_len) > self.cfg.max_item_chars
+
+    async def score(self, name: str, items: list[Item], deadline_s: float | None) -> list[Result]:
+        """One result per item, in order: items over ``max_item_chars`` get status error, the rest go to a
+        worker under ``min(cfg.deadline_s, deadline_s)``. 400 for a scorer not served, 413 for a batch over
+        ``max_items``, 429 when every concurrency slot is busy."""
+        cfg = self.cfg
+        if name not in self.specs:
+            raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {self.names}")
+        if len(items) > cfg.max_items:
+            raise HTTPException(413, f"batch of {len(items)} items over max_items={cfg.max_items}; send smaller batches")
+        out: list[Result | None] = [None] * len(items)
+        todo = []
+        for i, it in enumerate(items):
+            if self.too_long(it):
+                out[i] = Result(None, ERROR, {"reason": f"item longer than max_item_chars={cfg.max_item_chars}"})
+            else:
+                todo.append(i)
+        timeout = min(cfg.deadline_s, deadline_s or math.inf)
+        lease = self.pool.lease()
+        if lease is None:
+            raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
+                                headers={"Retry-After": "1"})
+        self.metrics.in_flight.inc()
+        t0 = time.monotonic()
+        try:
+            # the lease frees its slot itself, in the worker thread, once the run has really ended
+            done = await run_in_threadpool(lease.run, name, [items[i] for i in todo], timeout)
+        finally:
+            lease.release()  # only if the run never started
+            self.metrics.in_flight.dec()
+            self.metrics.seconds.labels(name).observe(time.monotonic() - t0)
+        for i, r in zip(todo, done):
+            out[i] = r
+        for r in out:
+            self.metrics.items.labels(name, r.status).inc()
+        return out
+
+
+# ---- routes (each reads the app's Scoring from request.app.state.scoring) ------------------------------------
+routes = APIRouter()
+
+
+@routes.get("/healthz", summary="Liveness (no auth)")
+def healthz():
+    return {"status": "ok"}
+
+
+@routes.get("/v1/scorers", summary="Served scorers, limits and sandbox state")
+def list_scorers(request: Request):
+    s: Scoring = request.app.state.scoring
+    cfg = s.cfg
+    return {"scorers": s.names, "openrlhf_scorer": cfg.openrlhf_scorer,
+            "limits": {"max_body_bytes": cfg.max_body_bytes, "max_items": cfg.max_items,
+                       "max_item_chars": cfg.max_item_chars, "deadline_s": cfg.deadline_s,
+                       "max_concurrency": cfg.max_concurrency},
+            "workers": {"busy": s.pool.busy(), "alive": len(s.pool.pids()), "killed": s.pool.killed},
+            "sandbox": "ok" if s.sandbox_state is None else s.sandbox_state}
+
+
+@routes.post("/v1/score", response_model=ScoreResponse, summary="Score a batch with one scorer")
+async def score(req: ScoreRequest, request: Request):
+    items = [Item(it.prompt, it.completion, it.reference) for it in req.items]
+    results = await request.app.state.scoring.score(req.scorer, items, req.deadline_s)
+    return {"results": [{"score": r.score, "status": r.status, "details": _jsonable(r.details)} for r in results]}
+
+
+async def openrlhf(req: OpenRLHFRequest, request: Request):
+    s: Scoring = request.app.state.scoring
+    if s.cfg.openrlhf_scorer not in s.specs:
+        raise HTTPException(503, f"openrlhf_scorer {s.cfg.openrlhf_scorer!r} is not among the served scorers")
+    n = len(req.query)
+    for field_name, values in (("prompts", req.prompts), ("labels", req.labels)):
+        if values is not None and len(values) != n:
+            raise HTTPException(422, f"'{field_name}' has {len(values)} entries for {n} queries")
+    prompts = req.prompts or [""] * n
+    labels = req.labels or [None] * n
+    # OpenRLHF's query is prompt + response: the completion is what follows the prompt
+    items = [Item(p, q[len(p):] if p and q.startswith(p) else q, lab) for q, p, lab in zip(req.query, prompts, labels)]
+    results = await s.score(s.cfg.openrlhf_scorer, items, None)
+    rewards = [r.score if r.score is not None else 0.0 for r in results]
+    return {"rewards": rewards, "scores": rewards,
+            "extra_logs": {"reward_failed": [0.0 if r.score is not None else 1.0 for r in results]}}
+
+
+routes.add_api_route("/v1/openrlhf", openrlhf, methods=["POST"], response_model=OpenRLHFResponse,
+                     summary="OpenRLHF remote-reward JSON")
+routes.add_api_route("/get_reward", openrlhf, methods=["POST"], response_model=OpenRLHFResponse,
+                     include_in_schema=False)
+
+
+@routes.get("/metrics", summary="Prometheus metrics")
+def prometheus(request: Request):
+    return Response(request.app.state.scoring.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---- the app -------------------------------------------------------------------------------------------------
+def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
+    """The FastAPI app for ``cfg``; ``token`` defaults to the variable ``cfg.token_env`` (required)."""
+    token = token if token is not None else os.environ.get(cfg.token_env, "")
+    if not token:
+        raise SystemExit(f"refusing to start without a token: set {cfg.token_env} (the bearer token clients send)")
+    enable_plugins(cfg.plugins)
+    allow_destinations(cfg.remote_allow)
+    specs, sandboxed = check_scorers(cfg)
     sandbox_state = None
     if sandboxed:
         from rewards.sandbox import sandbox_problem
@@ -233,20 +374,9 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
     if cfg.openrlhf_scorer not in specs:
         log.warning("openrlhf_scorer %r is not served; /v1/openrlhf will answer 503", cfg.openrlhf_scorer)
 
-    registry = CollectorRegistry()
-    metrics = {
-        "requests": Counter("reward_requests_total", "HTTP requests by route and status code", ["route", "code"],
-                            registry=registry),
-        "items": Counter("reward_items_total", "Scored items by scorer and status", ["scorer", "status"],
-                         registry=registry),
-        "seconds": Histogram("reward_score_seconds", "Time to score one request", ["scorer"], registry=registry),
-        "in_flight": Gauge("reward_requests_in_flight", "Requests being scored now", registry=registry),
-        "kills": Counter("reward_scorer_kills_total", "Scorer worker processes killed for overrunning the deadline",
-                         registry=registry),
-    }
-    pool = ScorerPool(specs, cfg.max_concurrency, cfg.plugins, cfg.remote_allow, on_kill=metrics["kills"].inc)
-    Gauge("reward_scorer_workers", "Scorer worker processes alive (idle or running)", registry=registry
-          ).set_function(lambda: len(pool.pids()))
+    metrics = ServiceMetrics()
+    pool = ScorerPool(specs, cfg.max_concurrency, cfg.plugins, cfg.remote_allow, on_kill=metrics.kills.inc)
+    metrics.watch(pool)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -255,84 +385,9 @@ def build_app(cfg: ServiceConfig, token: str | None = None) -> FastAPI:
 
     app = FastAPI(title="raypost reward service", version="1", lifespan=lifespan,
                   description="Scores (prompt, completion) batches. Every route but /healthz needs a bearer token.")
-    app.state.cfg, app.state.scorers, app.state.pool = cfg, scorers, pool
-
-    async def score_items(name: str, items: list[Item], deadline_s: float | None) -> list[Result]:
-        if name not in specs:
-            raise HTTPException(400, f"unknown scorer {name[:100]!r}; served: {scorers}")
-        if len(items) > cfg.max_items:
-            raise HTTPException(413, f"batch of {len(items)} items over max_items={cfg.max_items}; send smaller batches")
-        out: list[Result | None] = [None] * len(items)
-        todo = []
-        for i, it in enumerate(items):
-            ref_len = len(json.dumps(it.reference)) if it.reference is not None else 0
-            longest = max(len(it.prompt), len(it.completion), ref_len)
-            if longest > cfg.max_item_chars:
-                out[i] = Result(None, ERROR, {"reason": f"item longer than max_item_chars={cfg.max_item_chars}"})
-            else:
-                todo.append(i)
-        timeout = min(cfg.deadline_s, deadline_s or math.inf)
-        lease = pool.lease()
-        if lease is None:
-            raise HTTPException(429, f"{cfg.max_concurrency} requests are being scored; retry shortly",
-                                headers={"Retry-After": "1"})
-        metrics["in_flight"].inc()
-        t0 = time.monotonic()
-        try:
-            # the lease frees its slot itself, in the worker thread, once the run has really ended
-            done = await run_in_threadpool(lease.run, name, [items[i] for i in todo], timeout)
-        finally:
-            lease.release()  # only if the run never started
-            metrics["in_flight"].dec()
-            metrics["seconds"].labels(name).observe(time.monotonic() - t0)
-        for i, r in zip(todo, done):
-            out[i] = r
-        for r in out:
-            metrics["items"].labels(name, r.status).inc()
-        return out
-
-    @app.get("/healthz", summary="Liveness (no auth)")
-    def healthz():
-        return {"status": "ok"}
-
-    @app.get("/v1/scorers", summary="Served scorers, limits and sandbox state")
-    def list_scorers():
-        return {"scorers": scorers, "openrlhf_scorer": cfg.openrlhf_scorer,
-                "limits": {"max_body_bytes": cfg.max_body_bytes, "max_items": cfg.max_items,
-                           "max_item_chars": cfg.max_item_chars, "deadline_s": cfg.deadline_s,
-                           "max_concurrency": cfg.max_concurrency},
-                "workers": {"busy": pool.busy(), "alive": len(pool.pids()), "killed": pool.killed},
-                "sandbox": "ok" if sandbox_state is None else sandbox_state}
-
-    @app.post("/v1/score", response_model=ScoreResponse, summary="Score a batch with one scorer")
-    async def score(req: ScoreRequest):
-        items = [Item(it.prompt, it.completion, it.reference) for it in req.items]
-        results = await score_items(req.scorer, items, req.deadline_s)
-        return {"results": [{"score": r.score, "status": r.status, "details": _jsonable(r.details)} for r in results]}
-
-    async def openrlhf(req: OpenRLHFRequest):
-        if cfg.openrlhf_scorer not in specs:
-            raise HTTPException(503, f"openrlhf_scorer {cfg.openrlhf_scorer!r} is not among the served scorers")
-        n = len(req.query)
-        for field_name, values in (("prompts", req.prompts), ("labels", req.labels)):
-            if values is not None and len(values) != n:
-                raise HTTPException(422, f"'{field_name}' has {len(values)} entries for {n} queries")
-        prompts = req.prompts or [""] * n
-        labels = req.labels or [None] * n
-        # OpenRLHF's query is prompt + response: the completion is what follows the prompt
-        items = [Item(p, q[len(p):] if p and q.startswith(p) else q, lab) for q, p, lab in zip(req.query, prompts, labels)]
-        results = await score_items(cfg.openrlhf_scorer, items, None)
-        rewards = [r.score if r.score is not None else 0.0 for r in results]
-        return {"rewards": rewards, "scores": rewards,
-                "extra_logs": {"reward_failed": [0.0 if r.score is not None else 1.0 for r in results]}}
-
-    app.post("/v1/openrlhf", response_model=OpenRLHFResponse, summary="OpenRLHF remote-reward JSON")(openrlhf)
-    app.post("/get_reward", response_model=OpenRLHFResponse, include_in_schema=False)(openrlhf)
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    def prometheus():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(routes)
+    app.state.scoring = Scoring(cfg, specs, pool, metrics, sandbox_state)
+    app.state.cfg, app.state.scorers, app.state.pool = cfg, app.state.scoring.names, pool
     app.add_middleware(Guard, token=token, max_body=cfg.max_body_bytes, metrics=metrics)
     return app
 
