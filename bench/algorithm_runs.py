@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/algorithm_runs.py [--steps 60] [--algos grpo,dr_grpo,...] [--jobs 2] [extra key=value ...]
 
-Each run is `pipelines/grpo.py algo.name=NAME` (or `pipelines/ppo.py` for ppo) on the demo defaults
+Each run is `pipelines/grpo.py algo.name=NAME` (or `pipelines/ppo.py` for an algorithm with a critic) on the demo defaults
 (config/tiny-cpu.yaml) with `train.steps` shortened; extra `key=value` arguments go to every run. Prints one
 line per algorithm and, last, a JSON object {algo: {heldout_reward_start, heldout_reward_end, train_reward_first,
 train_reward_last, mean_step_s}} (train rewards: means over the first and last tenth of the steps).
 Runs go to runs/algorithms/<algo>-s<seed>/ (two at a time by default: each role takes about one core).
+The algorithms (all by default) are learners/algorithms.py ALGORITHMS' rows, and which script runs each is its
+``script_for``: a new row is benched without an edit here.
 """
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALGOS = ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+sys.path.insert(0, str(REPO))
+
+from learners.algorithms import ALGORITHMS, script_for  # noqa: E402
+
+ALGOS = list(ALGORITHMS)
 
 
 def run(algo: str, args, extra: list[str]) -> dict:
     name = f"{algo}-s{args.seed}"
-    script = "ppo.py" if algo == "ppo" else "grpo.py"
-    cmd = [sys.executable, str(REPO / "pipelines" / script), f"runs_dir={REPO / 'runs' / 'algorithms'}",
-           f"run_name={name}", f"train.steps={args.steps}", f"seed={args.seed}", "progress=false", *extra]
-    if algo != "ppo":
-        cmd.append(f"algo.name={algo}")
+    cmd = [sys.executable, str(REPO / script_for(algo)), f"runs_dir={REPO / 'runs' / 'algorithms'}",
+           f"run_name={name}", f"train.steps={args.steps}", f"seed={args.seed}", "progress=false",
+           f"algo.name={algo}", *extra]
     log = REPO / "runs" / "algorithms" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
