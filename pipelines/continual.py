@@ -20,27 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
-
-
-def prepare_model(cfg: Config) -> str:
-    """The starting model: a given path, or a tiny model built here (with the built-in task's warm start, as the
-    GRPO and DPO demos start from, when data.warm_start_steps > 0)."""
-    if cfg.model.path:
-        from pipelines.preflight import check_model_dir
-
-        check_model_dir("model.path", cfg.model.path)
-        return cfg.model.path
-    from tinymodels import ensure_tiny_model
-
-    path = ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
-    if cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
-        from tasks.arithmetic import make_rows, solution
-        from tasks.warm_start import warm_start
-
-        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
-                          cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
-    return str(path)
+from config import Config, ConfigError, load, run_cli  # noqa: E402
 
 
 def _quiet() -> None:
@@ -102,20 +82,21 @@ def main(argv: list[str]) -> dict:
     from llm_continual.methods import check_method
     from llm_continual.user_streams import memory_rows
     from llm_continual.worker import ContinualActor
-    from runlog import RunLog, atomic_write_text, prepare_run_dir
+    from pipelines.stage import check_model, open_run, prepare_model, run_log
+    from runlog import atomic_write_text
 
     # 1. Config, stream, methods, suites: every user error surfaces here, before a model loads.
     cfg = load(Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/continual.py")
     _quiet()
     cc = cfg.continual
-    run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
+    check_model(cfg)
     tasks = load_stream(cfg)
     phase = tasks[0].phase
     memory = memory_rows(cc.memory, phase, cfg.seed)
     methods = [check_method(m, phase, cfg.model.finetune) for m in cc.methods]
     # Before anything is written there. This stage keeps no checkpoints, so resume=true is refused with the way out.
-    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
+    run_dir, _ = open_run(cfg)
     suites = write_suites(tasks, run_dir / "suites", cc.score)
     general = load_suites(cc.general_suites, cfg.eval.limit)
     names = [t.name for t in tasks]
@@ -127,7 +108,7 @@ def main(argv: list[str]) -> dict:
     generate = needs_engine(suites) or any(s.spec.kind != "perplexity" for s in general)
     plan = plan_resources(cfg.cluster, ("rollout", "learner") if generate else ("learner",))
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
-    log = RunLog(run_dir, cfg.tensorboard, config=to_dict(cfg))
+    log = run_log(cfg, run_dir)
     engine = {"actor": None, "model": None}
 
     def engine_for(model: str):

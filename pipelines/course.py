@@ -114,7 +114,7 @@ def main(argv: list[str]) -> dict:
     from evalpanel import run_panel, write_table
     from evalpanel.report import comparison, markdown
     from evalpanel.suites import load_suites
-    from pipelines.continual import prepare_model
+    from pipelines.stage import prepare_model
     from runlog import atomic_write_text
     from runlog.rundir import refuse_reuse, replace_run_dir, run_dir_entries
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import Config, ConfigError, load, run_cli, to_dict  # noqa: E402
+from config import Config, ConfigError, load, run_cli  # noqa: E402
 
 
 def parse_checkpoints(entries: list[str], base: Path) -> list[tuple[str, Path, Path | None]]:
@@ -91,21 +91,16 @@ def main(argv: list[str]) -> dict:
     from evalpanel.panel import make_judge
     from evalpanel.report import comparison, markdown
     from evalpanel.suites import load_suites
-    from runlog import RunLog, prepare_run_dir
-    from tinymodels import ensure_tiny_model
+    from pipelines.stage import check_model, open_run, prepare_model, run_log
 
     cfg = load(Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/eval.py")
-    if cfg.model.path:
-        from pipelines.preflight import check_model_dir
-
-        check_model_dir("model.path", cfg.model.path)
-    base = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
+    check_model(cfg)
+    base = Path(prepare_model(cfg, warm_start=False))  # the model as given (or built), the column others compare to
     checkpoints = parse_checkpoints(cfg.eval.checkpoints, base)
     suites = load_suites(cfg.eval.suites, cfg.eval.limit)  # bad suites fail here, before any engine starts
-    run_dir = Path(cfg.runs_dir) / cfg.run_name
-    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # no checkpoints here: resume=true is refused, saying so
-    runlog = RunLog(run_dir, tensorboard=cfg.tensorboard, config=to_dict(cfg))
+    run_dir, _ = open_run(cfg)  # no checkpoints here: resume=true is refused, saying so
+    runlog = run_log(cfg, run_dir)
     print(f"evaluating {[c[0] for c in checkpoints]} on {[s.name for s in suites]} -> {run_dir}", flush=True)
 
     connect(cfg.cluster)

@@ -29,6 +29,7 @@ from cluster import connect, make_placement_group, plan_resources
 from config import Config, ConfigError, RunStopped, to_dict
 from learners.models import load_tokenizer, lora_rank
 from pipelines.preflight import check_rl_inputs, fit_rl_prompts
+from pipelines.stage import prepare_model
 from runlog import RunLog, prepare_run_dir, save_checkpoint
 from runlog.checkpoints import read_meta
 from tasks.prompts import load_prompts
@@ -39,26 +40,6 @@ class RunError(RunStopped):
 
 
 # -- data and model ------------------------------------------------------------------------------------------
-def prepare_model(cfg: Config) -> str:
-    """The base to train: a given path, or a tiny model built here (plus the built-in task's warm start).
-
-    The warm start is part of the model, like a pretrained checkpoint: it follows ``model.model_seed``, not the
-    run's ``seed``, so runs that differ only in ``seed`` start RL from the same model (a seed sweep then measures
-    RL's robustness, not the warm start's)."""
-    if cfg.model.path:
-        return cfg.model.path
-    from tinymodels import ensure_tiny_model
-
-    path = ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
-    if cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
-        from tasks.arithmetic import make_rows, solution
-        from tasks.warm_start import warm_start
-
-        path = warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
-                          cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
-    return str(path)
-
-
 def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
     texts = [r["prompt"] if isinstance(r["prompt"], str) else
              tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
