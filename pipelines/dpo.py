@@ -70,43 +70,34 @@ def scored_rollout_pairs(cfg, model_path: str, plan, pg):
 
 def main(argv: list[str]) -> dict:
     import ray
+    from tqdm import tqdm
 
     import config
     from actors.preference_worker import DPOActor
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, clean_pairs, dedup_pairs, prepare_rows, split_heldout
-    from runlog import RunLog, atomic_dir, atomic_write_text, prepare_run_dir, save_checkpoint
-    from runlog.checkpoints import read_meta
-    from datapipe.preference import fingerprint
     from datapipe.rows import Row
-    from tinymodels import ensure_tiny_model
+    from pipelines.preflight import check_scorers
+    from pipelines.stage import (Heldout, check_model, checkpoint, finish, fingerprint, logged_step, open_run,
+                                 prepare_model, release, resume_from, run_log)
+    from runlog import atomic_dir, atomic_write_text
 
-    # 1. Config and the starting model (a given path, or a tiny model, warm-started on the built-in task if asked).
+    # 1. Config and the starting model (a given path, or a tiny model, warm-started on the built-in task if asked:
+    #    DPO follows SFT).
     cfg = config.load(config.Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "rollout", "reward"), "pipelines/dpo.py")
     d, steps = cfg.dpo, cfg.train.steps
-    run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
-    from pipelines.preflight import check_model_dir, check_scorers
-
-    if cfg.model.path:
-        check_model_dir("model.path", cfg.model.path)
-    if d.train == "rollouts":  # pairs sampled from the policy and ranked by reward.scorers
-        check_scorers(cfg.reward)
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
-    model_path = cfg.model.path or str(ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed))
-    if not cfg.model.path and cfg.data.warm_start_steps and cfg.data.train == "builtin:arithmetic":
-        # The built-in task's supervised warm start (the same cached model the GRPO demo starts from): DPO follows SFT.
-        from tasks.arithmetic import make_rows, solution
-        from tasks.warm_start import warm_start
-
-        model_path = str(warm_start(model_path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
-                                    cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed))
     if cfg.model.finetune == "full":
         raise config.ConfigError("model.finetune=full: the DPO learner's reference is the base with the adapter "
                                  "switched off, so it needs an adapter; set model.finetune=qlora or lora")
     if d.sft_adapter and not Path(d.sft_adapter, "adapter_config.json").exists():
         raise config.ConfigError(f"dpo.sft_adapter: no PEFT adapter at {d.sft_adapter} (adapter_config.json missing); "
                                  "give the adapter folder written by pipelines/sft.py, or leave it empty")
+    check_model(cfg)
+    if d.train == "rollouts":  # pairs sampled from the policy and ranked by reward.scorers
+        check_scorers(cfg.reward)
+    run_dir, ckpt = open_run(cfg)
+    model_path = prepare_model(cfg)
 
     # 2. Cluster: the learner (and, for pairs sampled from the policy, a rollout engine) in one placement group.
     connect(cfg.cluster)
@@ -143,19 +134,10 @@ def main(argv: list[str]) -> dict:
             raise config.ConfigError(f"no held-out pairs from {d.train}: give dpo.heldout or raise dpo.heldout_fraction")
         data_s = time.time() - t0
 
-        # 4. The learner actor.
+        # 4. The learner actor, restored from the checkpoint when resuming.
         learner = DPOActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
-        ckpt_root = run_dir / "checkpoints"
-        start = 0
         data_id = fingerprint(train)
-        if ckpt is not None:
-            meta = read_meta(ckpt)
-            if meta.get("data") != data_id:
-                raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                         f"{len(train)} training rows; resume with the same data settings or pick a new "
-                                         "run_name")
-            ray.get(learner.load_state.remote(str(ckpt)))
-            start = meta["step"]
+        start = resume_from(ckpt, data_id, lambda path: ray.get(learner.load_state.remote(path)))["step"]
 
         # 5. Reference log-probs: the reference never changes, so one pass serves the whole run (kept with checkpoints
         #    so a resumed run does not recompute them from a moved adapter).
@@ -169,79 +151,46 @@ def main(argv: list[str]) -> dict:
                         "heldout": ray.get(learner.reference_logps.remote(heldout))}
         ref_s = time.time() - t0
 
+        def write(tmp: Path) -> None:
+            ray.get(learner.save_state.remote(str(tmp)))
+            if refs["train"] is not None:
+                (tmp / "ref_logps.json").write_text(json.dumps(refs))
+
         # 6. Loop: train step, held-out eval, checkpoint.
-        # Rows up to the checkpoint's step stay (a training row is logged as step + 1, after its update).
-        log = RunLog(run_dir, cfg.tensorboard, start + 1 if start else 0, config=config.to_dict(cfg))
-        evals: dict[int, dict] = {}
-
-        def evaluate(step: int) -> dict:
-            m = ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
-            evals[step] = m
-            log.log(step, {f"heldout/{k}": v for k, v in m.items()})
-            return m
-
-        if start:  # resumed: "before" is the original run's step-0 evaluation, already in metrics.jsonl
-            row0 = next((x for x in log.read() if x["step"] == 0 and any(k.startswith("heldout/") for k in x)), {})
-            first = {k.removeprefix("heldout/"): v for k, v in row0.items() if k.startswith("heldout/")}
-            first = first or ray.get(learner.evaluate.remote(heldout, refs["heldout"]))
-        else:
-            first = evaluate(0)
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, initial=start, desc="dpo", unit="step")
+        log = run_log(cfg, run_dir, start)
+        evals = Heldout(log, lambda: ray.get(learner.evaluate.remote(heldout, refs["heldout"])), d.eval_every, steps,
+                        start)
         train_s = 0.0
-        for step in range(start, steps):
+        bar = tqdm(range(start, steps), desc="dpo", unit="step", initial=start, total=steps, disable=not cfg.progress)
+        for step in bar:
             idx = batch_indices(len(train), d.batch_size, step, cfg.seed)
             batch = [train[i] for i in idx]
             batch_refs = [refs["train"][i] for i in idx] if refs["train"] is not None else None
-            t0 = time.time()
-            m = ray.get(learner.train_step.remote(batch, batch_refs))
-            dt = time.time() - t0
+            m, dt = logged_step(log, step + 1, lambda: ray.get(learner.train_step.remote(batch, batch_refs)), "pairs",
+                                len(batch))
             train_s += dt
-            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt,
-                               "perf/pairs_per_s": len(batch) / dt})
-            if (step + 1) % d.eval_every == 0 or step + 1 == steps:
-                evaluate(step + 1)
-            if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
-                def write(tmp: Path) -> None:
-                    ray.get(learner.save_state.remote(str(tmp)))
-                    if refs["train"] is not None:
-                        (tmp / "ref_logps.json").write_text(json.dumps(refs))
-                save_checkpoint(ckpt_root, step + 1, write, {"run_name": cfg.run_name, "data": data_id},
-                                cfg.checkpoint.keep)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}")
-        if bar is not None:
-            bar.close()
-        last = evals[max(evals)] if evals else first
+            evals.after(step + 1)
+            checkpoint(cfg, run_dir, step + 1, steps, write, {"data": data_id})
+            bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}")
+        first, last = evals.first, evals.last
 
         # 7. Report: the adapter (what RL and vLLM load), curves, summary.json.
         with atomic_dir(run_dir / "adapter") as tmp:  # a kill mid-export leaves the old adapter or the new
             ray.get(learner.save_adapter.remote(str(tmp)))
-        adapter = str(run_dir / "adapter")
-        log.plot(["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"],
-                 "dpo.png", f"DPO ({d.loss}, beta={d.beta})")
-        summary = {
+        return finish(log, {
             "stage": "dpo", "loss": d.loss, "beta": d.beta, "reference": d.reference, "steps": steps,
-            "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout), "adapter": adapter,
-            "heldout_before": first, "heldout_after": last,
+            "start_step": start, "train_pairs": len(train), "heldout_pairs": len(heldout),
+            "adapter": str(run_dir / "adapter"), "heldout_before": first, "heldout_after": last,
             "heldout_accuracy_before": first["rewards/accuracies"],
             "heldout_accuracy_after": last["rewards/accuracies"],
             "heldout_logp_accuracy_before": first["logps/accuracy"],
             "heldout_logp_accuracy_after": last["logps/accuracy"],
             "heldout_margin_before": first["rewards/margins"], "heldout_margin_after": last["rewards/margins"],
             "data": data_report, "seconds": {"data": data_s, "reference": ref_s, "train": train_s},
-        }
-        log.summary(summary)
-        log.close()
-        return summary
+        }, ["train/loss", "heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/accuracy"], "dpo.png",
+            f"DPO ({d.loss}, beta={d.beta})")
     finally:  # free the actor and its bundle whatever happened, so a driver that goes on is not left short
-        if learner is not None:
-            ray.kill(learner)
-        ray.util.remove_placement_group(pg)
+        release(pg, learner)
 
 
 if __name__ == "__main__":

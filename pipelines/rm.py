@@ -51,28 +51,27 @@ def export_check(out_dir: str, rows: list[dict], worker_scores: list[float], max
 
 def main(argv: list[str]) -> dict:
     import ray
+    from tqdm import tqdm
 
     import config
     from actors.preference_worker import RewardModelActor
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.preference import batch_indices, prepare_rows, step_prefixes
-    from runlog import RunLog, atomic_dir, prepare_run_dir, save_checkpoint
-    from runlog.checkpoints import read_meta
-    from datapipe.preference import fingerprint
+    from pipelines.preflight import check_model_dir
+    from pipelines.stage import (Heldout, checkpoint, finish, fingerprint, logged_step, open_run, release, resume_from,
+                                 run_log)
+    from runlog import atomic_dir
 
     # 1. Config and the backbone.
     cfg = config.load(config.Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/rm.py")
     r, steps = cfg.rm, cfg.train.steps
-    run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
-    from pipelines.preflight import check_model_dir
-
     for key in ("rm.model_path", "model.path"):  # the backbone a value head goes on: any transformers encoder or LM
         value = cfg.rm.model_path if key == "rm.model_path" else cfg.model.path
         if value:
             check_model_dir(key, value, causal_lm=False)
             break
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
+    run_dir, ckpt = open_run(cfg)
     model_path = backbone_path(cfg)
 
     # 2. Rows: pairs or labelled completions (outcome), step-labelled solutions (process).
@@ -85,68 +84,31 @@ def main(argv: list[str]) -> dict:
         raise config.ConfigError(f"no held-out rows for {spec}: give rm.heldout or raise rm.heldout_fraction")
     data_s = time.time() - t0
 
-    # 3. Cluster and the learner actor.
+    # 3. Cluster and the learner actor, restored from the checkpoint when resuming.
     connect(cfg.cluster)
     plan = plan_resources(cfg.cluster, ("learner",))
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
     learner = None
     try:
         learner = RewardModelActor.options(**actor_options(plan, pg, "learner", 0)).remote(model_path, cfg, steps)
-        ckpt_root = run_dir / "checkpoints"
-        start = 0
         data_id = fingerprint(train)
-        if ckpt is not None:
-            meta = read_meta(ckpt)
-            if meta.get("data") != data_id:
-                raise config.ConfigError(f"resume=true but {ckpt} was trained on other data than this run's "
-                                         f"{len(train)} training rows; resume with the same data settings or pick a new "
-                                         "run_name")
-            ray.get(learner.load_state.remote(str(ckpt)))
-            start = meta["step"]
+        start = resume_from(ckpt, data_id, lambda path: ray.get(learner.load_state.remote(path)))["step"]
 
         # 4. Loop: train step, held-out accuracy, checkpoint.
-        # Rows up to the checkpoint's step stay (a training row is logged as step + 1, after its update).
-        log = RunLog(run_dir, cfg.tensorboard, start + 1 if start else 0, config=config.to_dict(cfg))
-        evals: dict[int, dict] = {}
-
-        def evaluate(step: int) -> dict:
-            m = ray.get(learner.evaluate.remote(heldout))
-            evals[step] = m
-            log.log(step, {f"heldout/{k}": v for k, v in m.items()})
-            return m
-
-        if start:  # resumed: "before" is the original run's step-0 evaluation, already in metrics.jsonl
-            row0 = next((x for x in log.read() if x["step"] == 0 and any(k.startswith("heldout/") for k in x)), {})
-            first = {k.removeprefix("heldout/"): v for k, v in row0.items() if k.startswith("heldout/")}
-            first = first or ray.get(learner.evaluate.remote(heldout))
-        else:
-            first = evaluate(0)
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, initial=start, desc=f"rm ({r.kind}, {r.backbone})", unit="step")
+        log = run_log(cfg, run_dir, start)
+        evals = Heldout(log, lambda: ray.get(learner.evaluate.remote(heldout)), r.eval_every, steps, start)
         train_s = 0.0
-        for step in range(start, steps):
+        bar = tqdm(range(start, steps), desc=f"rm ({r.kind}, {r.backbone})", unit="step", initial=start, total=steps,
+                   disable=not cfg.progress)
+        for step in bar:
             batch = [train[i] for i in batch_indices(len(train), r.batch_size, step, cfg.seed)]
-            t0 = time.time()
-            m = ray.get(learner.train_step.remote(batch))
-            dt = time.time() - t0
+            m, dt = logged_step(log, step + 1, lambda: ray.get(learner.train_step.remote(batch)), "rows", len(batch))
             train_s += dt
-            log.log(step + 1, {**{f"train/{k}": v for k, v in m.items()}, "perf/step_s": dt,
-                               "perf/rows_per_s": len(batch) / dt})
-            if (step + 1) % r.eval_every == 0 or step + 1 == steps:
-                evaluate(step + 1)
-            if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
-                save_checkpoint(ckpt_root, step + 1, lambda tmp: ray.get(learner.save_state.remote(str(tmp))),
-                                {"run_name": cfg.run_name, "data": data_id},
-                                cfg.checkpoint.keep)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
-        if bar is not None:
-            bar.close()
-        last = evals[max(evals)] if evals else first
+            evals.after(step + 1)
+            checkpoint(cfg, run_dir, step + 1, steps, lambda tmp: ray.get(learner.save_state.remote(str(tmp))),
+                       {"data": data_id})
+            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
+        first, last = evals.first, evals.last
 
         # 5. Export: a plain transformers folder, checked by reloading it the way a scorer would.
         out_dir = str(run_dir / "reward_model")
@@ -162,24 +124,18 @@ def main(argv: list[str]) -> dict:
         scores = ray.get(learner.score.remote([x["prompt"] for x in probe], [x["response"] for x in probe]))
         export_gap = export_check(out_dir, probe, scores, r.max_len)
 
-        keys = ["train/loss", "heldout/accuracy"] + (["heldout/margin"] if "margin" in last else []) + (
+        curves = ["train/loss", "heldout/accuracy"] + (["heldout/margin"] if "margin" in last else []) + (
             ["heldout/solution_accuracy"] if "solution_accuracy" in last else [])
-        log.plot(keys, "rm.png", f"{r.kind} RM on {r.backbone}")
-        summary = {
+        return finish(log, {
             "stage": "rm", "kind": r.kind, "data_kind": data_report["kind"], "backbone": r.backbone,
             "backbone_path": model_path, "steps": steps, "start_step": start, "train_rows": len(train),
             "heldout_rows": len(heldout), "reward_model": out_dir, "export_max_abs_diff": export_gap,
             "heldout_before": first, "heldout_after": last,
             "heldout_accuracy_before": first["accuracy"], "heldout_accuracy_after": last["accuracy"],
             "data": data_report, "seconds": {"data": data_s, "train": train_s},
-        }
-        log.summary(summary)
-        log.close()
-        return summary
+        }, curves, "rm.png", f"{r.kind} RM on {r.backbone}")
     finally:  # free the actor and its bundle whatever happened, so a driver that goes on is not left short
-        if learner is not None:
-            ray.kill(learner)
-        ray.util.remove_placement_group(pg)
+        release(pg, learner)
 
 
 if __name__ == "__main__":

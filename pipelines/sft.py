@@ -8,7 +8,6 @@ Output in runs/<run_name>/: metrics.jsonl, summary.json, data_report.json, curve
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -22,25 +21,20 @@ from config import Config  # noqa: E402
 
 def main(argv: list[str]) -> dict:
     import ray
-    from ray.util.placement_group import remove_placement_group
 
     from actors.sft_worker import SFTWorkerActor
     from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
     from datapipe.sft_data import build_sft_data, report_table
     from learners.models import load_tokenizer
-    from runlog import atomic_write_text, prepare_run_dir
-    from tinymodels import ensure_tiny_model
+    from pipelines.stage import check_model, open_run, prepare_model, release
+    from runlog import atomic_write_text
 
     cfg = config.load(Config, "tiny-cpu", argv)
     require_single(cfg.cluster, ("learner", "reward"), "pipelines/sft.py")
     s = cfg.sft
-    run_dir = Path(cfg.runs_dir) / cfg.run_name
-    if cfg.model.path:
-        from pipelines.preflight import check_model_dir
-
-        check_model_dir("model.path", cfg.model.path, needs_chat_template=True)  # SFT rows are chats
-    ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # before anything is written there
-    model_path = Path(cfg.model.path) if cfg.model.path else ensure_tiny_model(cfg.cache_dir, cfg.model.preset, cfg.model.model_seed)
+    check_model(cfg, needs_chat_template=True)  # SFT rows are chats
+    run_dir, ckpt = open_run(cfg)
+    model_path = prepare_model(cfg, warm_start=False)  # SFT is what teaches the base model to answer
 
     # 1. Data: read, normalise, clean, dedup, tokenise with the assistant mask, split, mix, pack.
     tokenizer = load_tokenizer(model_path)
@@ -59,41 +53,35 @@ def main(argv: list[str]) -> dict:
     connect(cfg.cluster)
     plan = plan_resources(cfg.cluster, roles=("learner",))
     pg = make_placement_group(plan, cfg.cluster.placement_timeout_s)
-    worker = SFTWorkerActor.options(**actor_options(plan, pg, "learner")).remote(str(model_path), cfg.model, s, cfg.seed)
+    worker = SFTWorkerActor.options(**actor_options(plan, pg, "learner")).remote(model_path, cfg.model, s, cfg.seed)
     try:
         print(plan.describe(), ray.get(worker.describe.remote()), flush=True)
         return train(cfg, worker, data, run_dir, model_path, ckpt)
     finally:
-        ray.kill(worker)
-        remove_placement_group(pg)
+        release(pg, worker)
         if started_ray:
             ray.shutdown()
 
 
-def train(cfg: Config, worker, data, run_dir: Path, model_path: Path, ckpt: Path | None = None) -> dict:
-    """Steps 3-5 on the learner actor: resume from ``ckpt`` (what prepare_run_dir found) or start, the training
-    loop, the final evaluation and adapter."""
+def train(cfg: Config, worker, data, run_dir: Path, model_path: str, ckpt: Path | None = None) -> dict:
+    """Steps 3-5 on the learner actor: resume from ``ckpt`` (what open_run found) or start, the training loop, the
+    final evaluation and adapter."""
     import ray
     from tqdm import tqdm
 
     from datapipe.batches import chunks, step_rows
     from learners.sft import perplexity
-    from runlog import RunLog, atomic_dir
+    from pipelines.stage import finish, fingerprint, resume_from, run_log
+    from runlog import atomic_dir
 
     s = cfg.sft
-    data_hash = hashlib.blake2b(json.dumps([r["input_ids"] for r in data.train]).encode(), digest_size=8).hexdigest()
+    data_id = fingerprint(data.train)
 
-    # 3. Resume from the last complete checkpoint, or start.
+    # 3. Resume from the last complete checkpoint (trained on these very rows), or start.
     ckpt_root = run_dir / "checkpoints"
-    start, meta = 0, {}
-    if ckpt is not None:
-        meta = ray.get(worker.load_checkpoint.remote(str(ckpt)))
-        if meta.get("data_hash") != data_hash:
-            raise config.ConfigError(f"the training data differ from those of checkpoint {ckpt} (sources, cleaning or seed "
-                                     "changed); resume with the same sft.* and seed, or start a new run_name")
-        start = meta["step"]
-        print(f"resuming from {ckpt} at step {start}", flush=True)
-    log = RunLog(run_dir, tensorboard=cfg.tensorboard, start_step=start + 1 if start else 0, config=config.to_dict(cfg))
+    meta = resume_from(ckpt, data_id, lambda path: ray.get(worker.load_checkpoint.remote(path)))
+    start = meta["step"]
+    log = run_log(cfg, run_dir, start)
 
     heldout_start = meta.get("heldout_loss_start")
     if heldout_start is None:
@@ -117,24 +105,24 @@ def train(cfg: Config, worker, data, run_dir: Path, model_path: Path, ckpt: Path
             ev = ray.get(worker.evaluate.remote(data.heldout))
             metrics.update({"heldout/loss": ev["loss"], "heldout/ppl": ev["ppl"]})
         log.log(done, metrics)
+        # The last step is kept too: a resume of a finished run then measures and exports without training.
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == s.steps:
             ray.get(worker.save_checkpoint.remote(str(ckpt_root), done, {"heldout_loss_start": heldout_start,
-                                                                          "data_hash": data_hash}, cfg.checkpoint.keep))
+                                                                          "data": data_id}, cfg.checkpoint.keep))
 
     # 5. Held-out loss after training (from the last step), the adapter vLLM serves, the summary.
     if start >= s.steps:  # resumed a finished run: nothing trained, measure again
         ev = ray.get(worker.evaluate.remote(data.heldout))
     with atomic_dir(run_dir / "adapter") as tmp:  # a kill mid-export leaves the old adapter or the new, never half
         ray.get(worker.save_adapter.remote(str(tmp)))
-    adapter = str(run_dir / "adapter")
-    summary = {"stage": "sft", "model_path": str(model_path), "finetune": cfg.model.finetune, "steps": s.steps,
-               "heldout_loss_start": heldout_start, "heldout_loss_end": ev["loss"],
-               "heldout_ppl_start": perplexity(heldout_start), "heldout_ppl_end": ev["ppl"],
-               "heldout_samples": data.report["pack_heldout"]["in"], "train_samples": data.report["pack_train"]["in"],
-               "train_rows": len(data.train), "pack_fill": data.report["pack_train"]["fill"], "adapter": adapter}
-    log.summary(summary)
-    log.plot(["train/loss", "heldout/loss", "train/lr"], "curves.png", title=f"SFT {cfg.run_name}")
-    log.close()
+    summary = finish(log, {
+        "stage": "sft", "model_path": model_path, "finetune": cfg.model.finetune, "steps": s.steps,
+        "heldout_loss_start": heldout_start, "heldout_loss_end": ev["loss"],
+        "heldout_ppl_start": perplexity(heldout_start), "heldout_ppl_end": ev["ppl"],
+        "heldout_samples": data.report["pack_heldout"]["in"], "train_samples": data.report["pack_train"]["in"],
+        "train_rows": len(data.train), "pack_fill": data.report["pack_train"]["fill"],
+        "adapter": str(run_dir / "adapter"),
+    }, ["train/loss", "heldout/loss", "train/lr"], "curves.png", f"SFT {cfg.run_name}")
     print(json.dumps(summary, indent=2), flush=True)
     return summary
 

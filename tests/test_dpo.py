@@ -2,7 +2,6 @@
 and a short pipeline run that must raise held-out preference accuracy and margins."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,9 +10,6 @@ import pytest
 import torch
 
 from learners.dpo import DPO_LOSSES, cdpo_loss, completion_logps, dpo_loss, get_dpo_loss, pair_losses
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_losses_match_hand_worked_example():
     # log pi(y_w)=-2, log pi(y_l)=-5, log ref(y_w)=-3, log ref(y_l)=-4:
@@ -212,15 +208,9 @@ def test_first_step_of_a_warmed_up_run_moves_the_policy(tiny_model_dir):
     assert m["lr"] == pytest.approx(2e-2 / 4)  # the next step's rate
     assert w.evaluate(rows)["loss"] < before["loss"]
 
-def _load_pipeline(name: str):
-    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO / "pipelines" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_short_dpo_run_raises_heldout_accuracy_and_margin(ray_local, tmp_path, cache_dir):
-    dpo = _load_pipeline("dpo")
+    from pipelines import dpo
+
     args = [f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=dpo", "model.preset=tiny",
             "data.warm_start_steps=0", "progress=false",
             "tensorboard=false", "train.steps=4", "dpo.lr=2e-3", "dpo.eval_every=2", "dpo.builtin_prompts=150",

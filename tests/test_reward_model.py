@@ -2,7 +2,6 @@
 the reward_model scorer), and a short pipeline run that must rank held-out pairs clearly above chance."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,9 +12,6 @@ from learners.reward_model import (
     RewardModel, bradley_terry_loss, outcome_loss, outcome_metrics, pairwise_accuracy, pairwise_metrics,
     process_loss, process_metrics, process_score,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_losses_match_hand_worked_example():
     rc, rr = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0])
@@ -108,18 +104,12 @@ def test_saved_reward_models_load_in_the_reward_scorer(tiny_model_dir, tmp_path)
         assert rm.bidirectional == (finetune == "full")
 
 
-def _load_pipeline(name: str):
-    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO / "pipelines" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_short_rm_run_ranks_heldout_pairs_above_chance(ray_local, tmp_path, cache_dir):
     from rewards.base import Item
     from rewards.registry import make_scorer
 
-    rm = _load_pipeline("rm")
+    from pipelines import rm
+
     s = rm.main([f"runs_dir={tmp_path}", f"cache_dir={cache_dir}", "run_name=rm", "model.preset=tiny",
                  "progress=false", "tensorboard=false", "train.steps=30", "rm.lr=2e-3", "rm.eval_every=15",
                  "rm.builtin_size=400", "rm.batch_size=16", "checkpoint.every=0", "train.micro_batch_size=32",

@@ -2,21 +2,13 @@
 one, and vLLM serves the saved adapter (the very weights the learner trained)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _pipeline():
-    spec = importlib.util.spec_from_file_location("sft_pipeline", REPO / "pipelines" / "sft.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from pipelines import sft
 
 
 def _args(runs_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
@@ -29,7 +21,7 @@ def _args(runs_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, cache_dir, ray_local):
     runs = tmp_path_factory.mktemp("runs")
-    summary = _pipeline().main(_args(runs, cache_dir))
+    summary = sft.main(_args(runs, cache_dir))
     return runs / "t", summary
 
 
@@ -57,7 +49,7 @@ def test_resume_retraces_the_uninterrupted_run(sft_run, cache_dir, tmp_path):
     shutil.copytree(run_dir, killed)
     shutil.rmtree(killed / "checkpoints" / "step-000012")
     shutil.rmtree(killed / "adapter")
-    resumed = _pipeline().main(_args(tmp_path, cache_dir, "resume=true"))
+    resumed = sft.main(_args(tmp_path, cache_dir, "resume=true"))
     before = {r["step"]: r for r in _rows(run_dir) if "train/loss" in r}
     after = {r["step"]: r for r in _rows(killed) if "train/loss" in r}
     assert sorted(after) == list(range(1, 13))  # one row per step, no duplicates from the first attempt
