@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/algorithm_runs.py [--steps 60] [--algos grpo,dr_grpo,...] [--jobs 2] [extra key=value ...]
 
-Each run is `pipelines/grpo.py algo.name=NAME` (or `pipelines/ppo.py` for an algorithm with a critic) on the demo defaults
-(config/tiny-cpu.yaml) with `train.steps` shortened; extra `key=value` arguments go to every run. Prints one
+Each run is `pipelines/grpo.py algo.name=NAME` (or `pipelines/ppo.py` for an algorithm with a critic) on the demo
+defaults (config/tiny-cpu.yaml) with `train.steps` shortened; extra `key=value` arguments go to every run. Prints one
 line per algorithm and, last, a JSON object {algo: {heldout_reward_start, heldout_reward_end, train_reward_first,
 train_reward_last, mean_step_s}} (train rewards: means over the first and last tenth of the steps).
 Runs go to runs/algorithms/<algo>-s<seed>/ (two at a time by default: each role takes about one core).

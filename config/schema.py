@@ -230,7 +230,7 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     """Entropy bonus weight."""
     dual_clip: float = 0.0
-    """Dual-clip constant c (> 1) for negative advantages; 0 switches dual clipping off (not a default: off is the value)."""
+    """Dual-clip constant c (> 1) for negative advantages; 0 switches dual clipping off (a value, not "the default")."""
     norm_adv_by_std: Optional[bool] = None
     """Divide group-relative advantages by the group std (GRPO: true) or not (Dr.GRPO: false); null = the
     algorithm's (true unless it says otherwise)."""

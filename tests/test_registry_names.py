@@ -168,7 +168,8 @@ def toy_loss():
 
 
 def test_an_estimator_gets_its_own_hyperparameter_from_the_config(toy_estimator):
-    scores, mask, groups = torch.tensor([1.0, 2.0]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), torch.tensor([0, 0])
+    scores, groups = torch.tensor([1.0, 2.0]), torch.tensor([0, 0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     # from the command line, through the loader and resolve, to the estimator
     algo = resolve(load(Config, "tiny-cpu", [f"algo.adv_estimator={toy_estimator}", "algo.params.toy_scale=3",
                                              "algo.gamma=0.5"]).algo)
