@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, ClassVar, Optional
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -231,9 +233,95 @@ def logits_bytes(vocab: int, dtype: str) -> dict[str, float]:
     return {"saved": 4 * vocab + 12, "transient": 3 * 4 * vocab + (b * vocab if b != 4 else 0)}
 
 
+class Terms(Mapping):
+    """Named byte counts, typed: each term is a field (the arithmetic reads fields), and the object also reads
+    as a mapping from the terms' labels to their values (``m["peak"]``, ``m.items()``) for reports and callers
+    that print or sum them. ``LABELS`` maps field or property name -> label, in report order; a term whose
+    ``present`` is false is left out of the mapping (a step has either the logits' peak or one layer's)."""
+
+    LABELS: ClassVar[dict[str, str]] = {}
+    COUNTS: ClassVar[frozenset[str]] = frozenset()
+    """Labels of terms that are counts (tokens, sequences), not bytes."""
+
+    def present(self, name: str) -> bool:
+        return True
+
+    def _labelled(self) -> dict[str, float]:
+        return {label: getattr(self, name) for name, label in self.LABELS.items() if self.present(name)}
+
+    def __getitem__(self, label: str) -> float:
+        return self._labelled()[label]
+
+    def __iter__(self):
+        return iter(self._labelled())
+
+    def __len__(self) -> int:
+        return len(self._labelled())
+
+
+@dataclass(frozen=True)
+class LearnerMemory(Terms):
+    """Bytes of one learner's training step, term by term (see :func:`learner_memory`)."""
+
+    weights: float
+    """The frozen base (0 under a full fine-tune, whose weights are the trainable state)."""
+    trainable_weights: float
+    gradients: float
+    optimizer_state: float
+    activations_kept: float
+    """What autograd holds for backward across all layers (their inputs only, under checkpointing)."""
+    logits: float
+    """The fp32 logits, saved and transient, at the forward/backward turn."""
+    layer_backward: float
+    """One layer's backward workspace (plus its recomputed activations under checkpointing)."""
+    dequantised_matrix: float = 0
+    """QLoRA: bitsandbytes dequantises one matrix at a time."""
+    quantised: bool = False
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "weights": "weights", "trainable_weights": "trainable weights", "gradients": "gradients",
+        "optimizer_state": "optimizer state", "activations_kept": "activations kept",
+        "logits": "logits (+ their backward)", "layer_backward": "one layer's backward",
+        "dequantised_matrix": "dequantised matrix", "peak": "peak", "resident": "resident"}
+
+    @property
+    def logits_dominate(self) -> bool:
+        return self.logits >= self.layer_backward
+
+    @property
+    def transient(self) -> float:
+        """The larger of the two peaks that do not coexist: the logits' turn or one layer's backward."""
+        return self.logits if self.logits_dominate else self.layer_backward
+
+    @property
+    def peak(self) -> float:
+        return (self.weights + self.trainable_weights + self.gradients + self.optimizer_state
+                + self.activations_kept + self.transient + self.dequantised_matrix)
+
+    @property
+    def resident(self) -> float:
+        """What stays on the device between steps: weights, trainable weights, AdamW's moments."""
+        return self.weights + self.trainable_weights + self.optimizer_state
+
+    def present(self, name: str) -> bool:
+        if name == "logits":
+            return self.logits_dominate
+        if name == "layer_backward":
+            return not self.logits_dominate
+        if name == "dequantised_matrix":
+            return self.quantised
+        return True
+
+    def largest_term(self) -> str:
+        """The field name of the largest term of the peak."""
+        parts = [n for n in ("weights", "trainable_weights", "gradients", "optimizer_state", "activations_kept",
+                             "logits", "layer_backward", "dequantised_matrix") if self.present(n)]
+        return max(parts, key=partial(getattr, self))
+
+
 def learner_memory(shape: ModelShape, *, finetune: str = "qlora", dtype: str = "bfloat16", rank: int = 16,
                    targets: tuple[str, ...] | list[str] = LINEARS, micro_batch: int = 1, seq_len: int = 512,
-                   gradient_checkpointing: bool = False, padded: bool = True) -> dict[str, float]:
+                   gradient_checkpointing: bool = False, padded: bool = True) -> LearnerMemory:
     """Peak bytes of one learner's training step (forward + backward + AdamW) on a ``micro_batch x seq_len`` batch.
 
     With T = micro_batch x seq_len tokens, A1 one layer's saved bytes per token, G the logits' and W_b the
@@ -243,7 +331,7 @@ def learner_memory(shape: ModelShape, *, finetune: str = "qlora", dtype: str = "
     - checkpointing:     act = T (L b h + F) + max(T (G_saved + G_transient), T (A1 + W_b))
 
     where F is the final norm's saved input (4h + 4). Steady state: AdamW's moments already exist.
-    Returns named terms; ``peak`` is their sum and ``resident`` what stays on the device between steps.
+    Returns the terms; ``peak`` is their sum and ``resident`` what stays on the device between steps.
     """
     if finetune not in ("qlora", "lora", "full"):
         raise ValueError(f"model.finetune must be qlora, lora or full, got {finetune!r}")
@@ -259,7 +347,6 @@ def learner_memory(shape: ModelShape, *, finetune: str = "qlora", dtype: str = "
     a1 = sum(layer_saved_bytes(shape, dtype, targets, rank, finetune, padded, seq_len).values())
     final_norm = 4 * shape.hidden + 4
     lg = logits_bytes(shape.vocab, dtype)
-    logits_peak = T * (lg["saved"] + lg["transient"])
     workspace = T * 2 * b * shape.intermediate
     if gradient_checkpointing:
         kept = T * (L * b * shape.hidden + final_norm)
@@ -267,17 +354,12 @@ def learner_memory(shape: ModelShape, *, finetune: str = "qlora", dtype: str = "
     else:
         kept = T * (L * a1 + final_norm)
         layer_peak = workspace
-    out = {"weights": base, "trainable weights": states["weights"], "gradients": states["grads"],
-           "optimizer state": states["optimizer"], "activations kept": kept}
-    if logits_peak >= layer_peak:
-        out["logits (+ their backward)"] = logits_peak
-    else:
-        out["one layer's backward"] = layer_peak
-    if finetune == "qlora":  # bitsandbytes dequantises one matrix at a time, forward and backward
-        out["dequantised matrix"] = max(x * y for x, y in shape.linears().values()) * b
-    out["peak"] = sum(out.values())
-    out["resident"] = base + states["weights"] + states["optimizer"]
-    return out
+    quantised = finetune == "qlora"
+    return LearnerMemory(
+        weights=base, trainable_weights=states["weights"], gradients=states["grads"],
+        optimizer_state=states["optimizer"], activations_kept=kept, logits=T * (lg["saved"] + lg["transient"]),
+        layer_backward=layer_peak, quantised=quantised,
+        dequantised_matrix=max(x * y for x, y in shape.linears().values()) * b if quantised else 0)
 
 
 # ---------------------------------------------------------------------------------------------- rollout (vLLM)
@@ -289,10 +371,67 @@ def kv_bytes_per_token(shape: ModelShape, kv_dtype: str = "bfloat16", tensor_par
     return 2 * shape.layers * kv_per_rank * shape.head_dim * DTYPE_BYTES[kv_dtype]
 
 
+@dataclass(frozen=True)
+class RolloutMemory(Terms):
+    """One vLLM engine's memory on each of its GPUs, term by term (see :func:`rollout_memory`)."""
+
+    budget: float
+    """gpu_memory_utilization x device memory: everything vLLM may take."""
+    weights: float
+    lora_slots: float
+    activations: float
+    """vLLM's profile run: the widest layer over max_num_batched_tokens, fp32 logits of max_num_seqs rows."""
+    non_torch: float
+    cuda_graphs: float
+    kv_per_token: float
+    max_model_len: int
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "budget": "budget", "weights": "weights", "lora_slots": "lora slots",
+        "activations": "activations (profile run)", "non_torch": "non-torch", "cuda_graphs": "cuda graphs",
+        "kv_cache": "kv cache", "kv_tokens": "kv tokens", "sequences": "sequences at max_model_len",
+        "min_budget": "min budget", "asleep": "asleep"}
+    COUNTS: ClassVar[frozenset[str]] = frozenset({"kv tokens", "sequences at max_model_len"})
+
+    @property
+    def fixed(self) -> float:
+        """What the engine holds whatever the KV cache: weights, LoRA slots, activations, allowances."""
+        return self.weights + self.lora_slots + self.activations + self.non_torch + self.cuda_graphs
+
+    @property
+    def kv_cache(self) -> float:
+        """The rest of the budget (negative when the budget cannot hold the engine)."""
+        return self.budget - self.fixed
+
+    @property
+    def kv_tokens(self) -> float:
+        return max(0.0, self.kv_cache) / self.kv_per_token
+
+    @property
+    def sequences(self) -> float:
+        """Full-length (max_model_len) sequences the KV cache holds at once."""
+        return self.kv_tokens / self.max_model_len
+
+    @property
+    def one_sequence(self) -> float:
+        """KV bytes of one sequence of max_model_len: the least vLLM starts with."""
+        return self.kv_per_token * self.max_model_len
+
+    @property
+    def min_budget(self) -> float:
+        """The smallest budget vLLM starts with: the engine plus room for one sequence of max_model_len."""
+        return self.fixed + self.one_sequence
+
+    @property
+    def asleep(self) -> float:
+        """Left on the device while sleeping: level 1 offloads the weights and drops the KV cache."""
+        return self.cuda_graphs
+
+
 def rollout_memory(shape: ModelShape, device_gib: float, *, gpu_memory_utilization: float, max_model_len: int,
                    weights_quant: str = "none", dtype: str = "bfloat16", tensor_parallel: int = 1,
                    max_lora_rank: int = 16, max_loras: int = 1, enforce_eager: bool = True,
-                   max_num_seqs: int = 256, max_num_batched_tokens: int = 8192) -> dict[str, float]:
+                   max_num_seqs: int = 256, max_num_batched_tokens: int = 8192) -> RolloutMemory:
     """vLLM engine per GPU, as vLLM sizes it: budget = u x device; KV cache = budget - weights/TP - LoRA slots
     - profile-run activations - non-torch - CUDA graphs. The LoRA slots hold ``max_loras`` adapters of rank
     ``max_lora_rank`` on every matrix in ``dtype``. Profile-run activations: ``max_num_batched_tokens`` x
@@ -301,23 +440,16 @@ def rollout_memory(shape: ModelShape, device_gib: float, *, gpu_memory_utilizati
     ``kv tokens`` is how many tokens fit and ``sequences at max_model_len`` how many full-length sequences.
     """
     b = DTYPE_BYTES[dtype]
-    budget = gpu_memory_utilization * device_gib * GiB
-    weights = weight_bytes(shape, weights_quant, dtype) / tensor_parallel
-    lora = max_loras * lora_params(shape, max_lora_rank, LINEARS) * b / tensor_parallel
     h, i, d = shape.hidden, shape.intermediate, shape.head_dim
     act = (max_num_batched_tokens * (3 * i + 4 * h + (shape.heads + 2 * shape.kv_heads) * d) * b / tensor_parallel
            + 2 * 4 * max_num_seqs * shape.vocab)
-    out = {"budget": budget, "weights": weights, "lora slots": lora, "activations (profile run)": act,
-           "non-torch": VLLM_NON_TORCH_GIB * GiB, "cuda graphs": 0.0 if enforce_eager else VLLM_CUDAGRAPH_GIB * GiB}
-    fixed = weights + lora + act + out["non-torch"] + out["cuda graphs"]
-    per_tok = kv_bytes_per_token(shape, dtype, tensor_parallel)
-    out["kv cache"] = budget - fixed
-    out["kv tokens"] = max(0.0, out["kv cache"]) / per_tok
-    out["sequences at max_model_len"] = out["kv tokens"] / max_model_len
-    # the smallest budget vLLM starts with: room for one sequence of max_model_len
-    out["min budget"] = fixed + per_tok * max_model_len
-    out["asleep"] = out["cuda graphs"]  # sleep level 1 offloads weights and drops the KV cache
-    return out
+    return RolloutMemory(
+        budget=gpu_memory_utilization * device_gib * GiB,
+        weights=weight_bytes(shape, weights_quant, dtype) / tensor_parallel,
+        lora_slots=max_loras * lora_params(shape, max_lora_rank, LINEARS) * b / tensor_parallel,
+        activations=act, non_torch=VLLM_NON_TORCH_GIB * GiB,
+        cuda_graphs=0.0 if enforce_eager else VLLM_CUDAGRAPH_GIB * GiB,
+        kv_per_token=kv_bytes_per_token(shape, dtype, tensor_parallel), max_model_len=max_model_len)
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -328,8 +460,8 @@ class MemoryPlan:
 
     mode: str
     device_gib: float
-    roles: dict[str, dict[str, float]]
-    """Per role, named terms in bytes (learner: ``peak``; rollout: ``budget``, ``kv cache``, ...)."""
+    roles: dict[str, Terms]
+    """Per role, its terms in bytes (``learner``: a :class:`LearnerMemory`; ``rollout``: a :class:`RolloutMemory`)."""
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     """colocate: what shares the card while generating and while training."""
     problems: list[str] = field(default_factory=list)
@@ -353,8 +485,7 @@ class MemoryPlan:
         for role, terms in self.roles.items():
             lines.append(f"  {role}:")
             for k, v in terms.items():
-                lines.append(f"    {k:<30} " + (f"{v:12,.0f}" if k in ("kv tokens", "sequences at max_model_len")
-                                                 else g(v)))
+                lines.append(f"    {k:<30} " + (f"{v:12,.0f}" if k in terms.COUNTS else g(v)))
         for phase, terms in self.phases.items():
             lines.append(f"  phase '{phase}': " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in terms.items()) + " GiB")
         lines.append(f"  largest train.micro_batch_size that fits: {self.largest_micro_batch}; "
@@ -369,7 +500,7 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def _largest(fits, hi: int) -> int:
+def _largest(fits: Callable[[int], bool], hi: int) -> int:
     """Largest n in [1, hi] with fits(n) (fits is monotone); 0 when even 1 does not fit."""
     if not fits(1):
         return 0
@@ -378,6 +509,33 @@ def _largest(fits, hi: int) -> int:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
+
+
+@dataclass(frozen=True)
+class LearnerRoom:
+    """One learner's device: the learner's settings, the bytes usable there and what else they hold."""
+
+    shape: ModelShape
+    settings: dict
+    """:func:`learner_memory`'s keywords from ``cfg.model`` (finetune, dtype, rank, targets, checkpointing)."""
+    usable: float
+    beside: float
+    """Bytes held beside the learner while it trains (CUDA contexts; the engine, asleep or awake, colocated)."""
+
+    def memory(self, micro_batch: int, seq_len: int) -> LearnerMemory:
+        return learner_memory(self.shape, micro_batch=micro_batch, seq_len=seq_len, **self.settings)
+
+    def fits(self, micro_batch: int, seq_len: int) -> bool:
+        return self.memory(micro_batch, seq_len).peak + self.beside <= self.usable
+
+    def largest_micro_batch(self, seq_len: int, at_most: int = 4096) -> int:
+        return _largest(partial(self._fits_micro_batch, seq_len), at_most)
+
+    def largest_seq_len(self, micro_batch: int, at_most: int = 1 << 20) -> int:
+        return _largest(partial(self.fits, micro_batch), at_most)
+
+    def _fits_micro_batch(self, seq_len: int, micro_batch: int) -> bool:
+        return self.fits(micro_batch, seq_len)
 
 
 def plan_memory(cfg, shape: ModelShape, gpu: str | float, *, seq_len: Optional[int] = None,
@@ -399,107 +557,107 @@ def plan_memory(cfg, shape: ModelShape, gpu: str | float, *, seq_len: Optional[i
     ctx = CUDA_CONTEXT_GIB * GiB
     m, r, t = cfg.model, cfg.rollout, cfg.train
     seq = seq_len or r.max_model_len
-    kw = dict(finetune=m.finetune, dtype=m.dtype, rank=m.lora.r, targets=tuple(m.lora.target_modules),
-              gradient_checkpointing=m.gradient_checkpointing, padded=padded)
-
-    def learner(mb: int, s: int) -> dict[str, float]:
-        return learner_memory(shape, micro_batch=mb, seq_len=s, **kw)
-
-    def engine(util: float) -> dict[str, float]:
-        return rollout_memory(shape, dev, gpu_memory_utilization=util, max_model_len=r.max_model_len,
-                              weights_quant=rollout_weights, tensor_parallel=r.tensor_parallel_size,
-                              max_lora_rank=m.lora.r, enforce_eager=r.enforce_eager)
-
-    lrn = learner(t.micro_batch_size, seq)
-    eng = engine(r.gpu_memory_utilization)
+    settings = dict(finetune=m.finetune, dtype=m.dtype, rank=m.lora.r, targets=tuple(m.lora.target_modules),
+                    gradient_checkpointing=m.gradient_checkpointing, padded=padded)
+    lrn = learner_memory(shape, micro_batch=t.micro_batch_size, seq_len=seq, **settings)
+    eng = rollout_memory(shape, dev, gpu_memory_utilization=r.gpu_memory_utilization, max_model_len=r.max_model_len,
+                         weights_quant=rollout_weights, tensor_parallel=r.tensor_parallel_size,
+                         max_lora_rank=m.lora.r, enforce_eager=r.enforce_eager)
     plan = MemoryPlan(cfg.cluster.mode, dev, roles={"learner": lrn, "rollout": eng})
     seqs_per_step = t.prompts_per_step * r.n_samples
-    if eng["sequences at max_model_len"] >= 1 and eng["sequences at max_model_len"] < seqs_per_step:
-        waves = math.ceil(seqs_per_step / eng["sequences at max_model_len"])
-        plan.notes.append(f"the KV cache holds {eng['sequences at max_model_len']:.1f} sequences of "
-                          f"rollout.max_model_len={r.max_model_len}; a step's {t.prompts_per_step} prompts x "
-                          f"{r.n_samples} samples = {seqs_per_step} sequences run in up to {waves} waves "
-                          "(fewer when completions stop early)")
+    if 1 <= eng.sequences < seqs_per_step:
+        plan.notes.append(_waves_note(eng, r, t))
 
     if cfg.cluster.mode == "colocate":
-        asleep = eng["asleep"] if r.sleep_between_phases else eng["budget"]
-        train_other = 2 * ctx + asleep
-        gen_other = 2 * ctx + lrn["resident"]
-
-        def learner_fits(mb: int, s: int) -> bool:
-            return learner(mb, s)["peak"] + train_other <= usable
-
-        plan.phases["generate"] = {"vLLM": eng["budget"], "learner resident": lrn["resident"], "contexts": 2 * ctx}
-        plan.phases["train"] = {"learner peak": lrn["peak"], "vLLM " + ("asleep" if r.sleep_between_phases else "awake"):
-                                asleep, "contexts": 2 * ctx}
-        lo = eng["min budget"] / total
-        hi = (usable - gen_other) / total
+        engine_in_training = eng.asleep if r.sleep_between_phases else eng.budget
+        room = LearnerRoom(shape, settings, usable, beside=2 * ctx + engine_in_training)
+        beside_engine = 2 * ctx + lrn.resident  # generating: the learner's resident state and both contexts
+        plan.phases["generate"] = {"vLLM": eng.budget, "learner resident": lrn.resident, "contexts": 2 * ctx}
+        plan.phases["train"] = {"learner peak": lrn.peak,
+                                "vLLM " + ("asleep" if r.sleep_between_phases else "awake"): engine_in_training,
+                                "contexts": 2 * ctx}
+        lo, hi = eng.min_budget / total, (usable - beside_engine) / total
         plan.utilization_range = (lo, hi)
-        gen_need = eng["budget"] + gen_other
-        if eng["kv cache"] < kv_bytes_per_token(shape, "bfloat16", r.tensor_parallel_size) * r.max_model_len:
-            plan.problems.append(_engine_short(eng, r, shape, dev, lo, hi))
-        elif gen_need > usable:
-            plan.problems.append(
-                f"generating: vLLM's rollout.gpu_memory_utilization={r.gpu_memory_utilization} x {dev:.2f} GiB = "
-                f"{eng['budget'] / GiB:.2f} GiB plus the learner's resident {lrn['resident'] / GiB:.2f} GiB (weights, "
-                f"LoRA, AdamW moments) and {2 * ctx / GiB:.1f} GiB of CUDA contexts need {gen_need / GiB:.2f} GiB of "
-                f"{usable / GiB:.2f} GiB usable; lower rollout.gpu_memory_utilization to at most {hi:.2f}")
-        if not learner_fits(t.micro_batch_size, seq):
-            plan.problems.append(_learner_short(lrn, train_other, usable, t.micro_batch_size, seq, shape, m,
-                                                learner_fits, "training (vLLM " +
-                                                ("asleep" if r.sleep_between_phases else "awake, rollout.sleep_between_phases=false")
-                                                + ")"))
+        if eng.kv_cache < eng.one_sequence:
+            plan.problems.append(_engine_short(eng, r, dev, lo, hi))
+        elif eng.budget + beside_engine > usable:
+            plan.problems.append(_generating_short(eng, lrn, r, dev, 2 * ctx, usable, hi))
+        where = "training (vLLM " + ("asleep" if r.sleep_between_phases
+                                      else "awake, rollout.sleep_between_phases=false") + ")"
     else:
-        per_engine_gpus = r.tensor_parallel_size
-        learner_fits = lambda mb, s: learner(mb, s)["peak"] + ctx <= usable  # noqa: E731
-        if eng["kv cache"] < kv_bytes_per_token(shape, "bfloat16", r.tensor_parallel_size) * r.max_model_len:
-            lo = eng["min budget"] / total
-            plan.problems.append(_engine_short(eng, r, shape, dev, lo, (usable - ctx) / total))
-        elif eng["budget"] + ctx > usable:
-            plan.problems.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} asks "
-                                 f"{eng['budget'] / GiB:.2f} GiB on each of the engine's {per_engine_gpus} GPUs, which "
-                                 f"leaves no room for the CUDA context; use at most {(usable - ctx) / total:.2f}")
-        if not learner_fits(t.micro_batch_size, seq):
-            plan.problems.append(_learner_short(lrn, ctx, usable, t.micro_batch_size, seq, shape, m, learner_fits,
-                                                "each learner GPU"))
-    plan.largest_micro_batch = _largest(lambda mb: learner_fits(mb, seq), 4096)
-    plan.largest_seq_len = _largest(lambda s: learner_fits(t.micro_batch_size, s), 1 << 20)
+        room = LearnerRoom(shape, settings, usable, beside=ctx)
+        hi = (usable - ctx) / total
+        if eng.kv_cache < eng.one_sequence:
+            plan.problems.append(_engine_short(eng, r, dev, eng.min_budget / total, hi))
+        elif eng.budget + ctx > usable:
+            plan.problems.append(_split_engine_short(eng, r, hi))
+        where = "each learner GPU"
+    if not room.fits(t.micro_batch_size, seq):
+        plan.problems.append(_learner_short(lrn, room, t.micro_batch_size, seq, m.gradient_checkpointing, where))
+    plan.largest_micro_batch = room.largest_micro_batch(seq)
+    plan.largest_seq_len = room.largest_seq_len(t.micro_batch_size)
     return plan
 
 
-def _engine_short(eng, r, shape: ModelShape, dev: float, lo: float, hi: float) -> str:
-    need = ", ".join(f"{k} {eng[k] / GiB:.2f}" for k in ("weights", "lora slots", "activations (profile run)",
-                                                         "non-torch", "cuda graphs") if eng[k])
-    fix = (f"raise rollout.gpu_memory_utilization to at least {lo:.2f}" + (f" (at most {hi:.2f} leaves the learner its room)"
-                                                                            if hi >= lo else "")
-           if lo <= hi else f"even {hi:.2f} is too little here: serve 4-bit weights, use rollout.tensor_parallel_size>1, "
-                            "or a larger GPU")
+# ---- the messages: the numbers above, in the config's own keys, with what to change
+
+def _waves_note(eng: RolloutMemory, r, t) -> str:
+    seqs_per_step = t.prompts_per_step * r.n_samples
+    waves = math.ceil(seqs_per_step / eng.sequences)
+    return (f"the KV cache holds {eng.sequences:.1f} sequences of rollout.max_model_len={r.max_model_len}; a step's "
+            f"{t.prompts_per_step} prompts x {r.n_samples} samples = {seqs_per_step} sequences run in up to {waves} "
+            "waves (fewer when completions stop early)")
+
+
+def _generating_short(eng: RolloutMemory, lrn: LearnerMemory, r, dev: float, contexts: float, usable: float,
+                      hi: float) -> str:
+    need = eng.budget + contexts + lrn.resident
+    return (f"generating: vLLM's rollout.gpu_memory_utilization={r.gpu_memory_utilization} x {dev:.2f} GiB = "
+            f"{eng.budget / GiB:.2f} GiB plus the learner's resident {lrn.resident / GiB:.2f} GiB (weights, "
+            f"LoRA, AdamW moments) and {contexts / GiB:.1f} GiB of CUDA contexts need {need / GiB:.2f} GiB of "
+            f"{usable / GiB:.2f} GiB usable; lower rollout.gpu_memory_utilization to at most {hi:.2f}")
+
+
+def _split_engine_short(eng: RolloutMemory, r, hi: float) -> str:
+    return (f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} asks {eng.budget / GiB:.2f} GiB on each of "
+            f"the engine's {r.tensor_parallel_size} GPUs, which leaves no room for the CUDA context; use at most "
+            f"{hi:.2f}")
+
+
+def _engine_short(eng: RolloutMemory, r, dev: float, lo: float, hi: float) -> str:
+    need = ", ".join(f"{eng.LABELS[k]} {getattr(eng, k) / GiB:.2f}"
+                     for k in ("weights", "lora_slots", "activations", "non_torch", "cuda_graphs") if getattr(eng, k))
+    if lo > hi:
+        fix = (f"even {hi:.2f} is too little here: serve 4-bit weights, use rollout.tensor_parallel_size>1, "
+               "or a larger GPU")
+    else:
+        fix = f"raise rollout.gpu_memory_utilization to at least {lo:.2f} (at most {hi:.2f} leaves the learner its room)"
     return (f"vLLM's rollout.gpu_memory_utilization={r.gpu_memory_utilization} x {dev:.2f} GiB = "
-            f"{eng['budget'] / GiB:.2f} GiB cannot hold the engine ({need} GiB) plus one sequence of "
-            f"rollout.max_model_len={r.max_model_len} in the KV cache "
-            f"({kv_bytes_per_token(shape, 'bfloat16', r.tensor_parallel_size) * r.max_model_len / GiB:.2f} GiB); {fix}")
+            f"{eng.budget / GiB:.2f} GiB cannot hold the engine ({need} GiB) plus one sequence of "
+            f"rollout.max_model_len={r.max_model_len} in the KV cache ({eng.one_sequence / GiB:.2f} GiB); {fix}")
 
 
-def _learner_short(lrn, other: float, usable: float, mb: int, seq: int, shape: ModelShape, m, fits, where: str) -> str:
-    big = max((k for k in lrn if k not in ("peak", "resident")), key=lambda k: lrn[k])
-    best_mb = _largest(lambda x: fits(x, seq), mb)
-    best_seq = _largest(lambda s: fits(mb, s), seq)
-    what = {"logits (+ their backward)": f"micro_batch_size={mb} x {seq} tokens x vocabulary {shape.vocab:,}",
-            "activations kept": f"micro_batch_size={mb} x {seq} tokens x {shape.layers} layers"
-                                + ("" if m.gradient_checkpointing else ", model.gradient_checkpointing=false"),
-            "one layer's backward": f"micro_batch_size={mb} x {seq} tokens in one recomputed layer"}.get(big, "")
+def _learner_short(lrn: LearnerMemory, room: LearnerRoom, mb: int, seq: int, checkpointing: bool, where: str) -> str:
+    big = lrn.largest_term()
+    shape = room.shape
+    what = {"logits": f"micro_batch_size={mb} x {seq} tokens x vocabulary {shape.vocab:,}",
+            "activations_kept": f"micro_batch_size={mb} x {seq} tokens x {shape.layers} layers"
+                                + ("" if checkpointing else ", model.gradient_checkpointing=false"),
+            "layer_backward": f"micro_batch_size={mb} x {seq} tokens in one recomputed layer"}.get(big, "")
     fixes = []
+    best_mb = room.largest_micro_batch(seq, at_most=mb)
     if best_mb:
         fixes.append(f"set train.micro_batch_size={best_mb}")
+    best_seq = room.largest_seq_len(mb, at_most=seq)
     if best_seq:
         fixes.append(f"keep it and cap sequences at {best_seq} tokens (rollout.max_model_len)")
-    if not m.gradient_checkpointing:
+    if not checkpointing:
         fixes.append("turn on model.gradient_checkpointing=true")
     if not fixes:
         fixes.append("use a larger GPU or model.finetune=qlora with a smaller model.lora.r")
-    return (f"{where}: the learner needs {lrn['peak'] / GiB:.2f} GiB + {other / GiB:.2f} GiB beside it, more than the "
-            f"{usable / GiB:.2f} GiB usable; the largest term is {big} {lrn[big] / GiB:.2f} GiB"
-            + (f" ({what})" if what else "") + "; " + " or ".join(fixes))
+    return (f"{where}: the learner needs {lrn.peak / GiB:.2f} GiB + {room.beside / GiB:.2f} GiB beside it, more than "
+            f"the {room.usable / GiB:.2f} GiB usable; the largest term is {lrn.LABELS[big]} "
+            f"{getattr(lrn, big) / GiB:.2f} GiB" + (f" ({what})" if what else "") + "; " + " or ".join(fixes))
 
 
 def main(argv: list[str] | None = None) -> int:
