@@ -4,7 +4,8 @@ The template marks assistant content with ``{% generation %} ... {% endgeneratio
 ``apply_chat_template(..., return_assistant_tokens_mask=True)`` turns those marks into a per-token mask.
 No string search: whatever the template renders around a turn (role headers, separators) stays unlabelled,
 and every assistant turn of a multi-turn chat is labelled, including its end-of-turn token so that the
-model learns to stop.
+model learns to stop. ``render_prompt`` is the other direction of the same template: a prompt as the text
+a generator continues.
 """
 from __future__ import annotations
 
@@ -63,3 +64,13 @@ def tokenize_rows(rows, tokenizer, max_len: int, max_examples: int = 3) -> tuple
     labels = sum(sum(1 for x in s["labels"] if x != IGNORE_INDEX) for s in kept)
     return kept, {"in": len(kept) + sum(dropped.values()), "kept": len(kept), "dropped": dict(dropped),
                   "examples": examples, "tokens": tokens, "label_tokens": labels}
+
+
+def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """The prompt text a generator continues: chat messages through the chat template with the assistant
+    header; a string as it is."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in prompt)
