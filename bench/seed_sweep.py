@@ -24,7 +24,7 @@ def run(seed: int, args, extra: list[str]) -> dict:
     name = f"{args.tag}-s{seed}"
     out_dir = REPO / "runs" / "sweep"
     cmd = [sys.executable, str(REPO / "pipelines" / f"{args.script}.py"), f"runs_dir={out_dir}", f"run_name={name}",
-           f"seed={seed}", "progress=false", "tensorboard=false", *extra]
+           f"seed={seed}", "progress=false", "tensorboard=false", "overwrite=true", *extra]
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / f"{name}.log"
     with open(log, "w") as f:
