@@ -197,6 +197,36 @@ def test_a_loss_gets_its_own_hyperparameter_and_a_missing_one_is_named(toy_loss)
         resolve(AlgoConfig(policy_loss=toy_loss))
 
 
+def test_the_config_keys_reach_the_registered_estimators():
+    """gamma, lam and norm_adv_by_std travel by name from the config to the estimators that declare them, and the
+    learner's reduce to those that declare it: the result equals the estimator called by hand."""
+    from learners.advantages import gae_estimator, outcome_token_rewards, reinforce_pp_advantages
+    from learners.step import LocalReducer
+
+    class TwoCopies(LocalReducer):
+        """As if a second learner held an identical shard: every sum doubles (the whitening's n - 1 changes)."""
+
+        def sum(self, x):
+            return 2 * x
+
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    scores, groups, values = torch.randn(4, generator=gen), torch.tensor([0, 0, 1, 1]), torch.randn(4, 4, generator=gen)
+    tok = outcome_token_rewards(scores, mask)
+    got, ret = compute_advantages(scores, mask, groups, resolve(AlgoConfig(name="ppo", gamma=0.9, lam=0.8)),
+                                  values=values)
+    want, want_ret = gae_estimator(tok, mask, groups, values, gamma=0.9, lam=0.8)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ret, want_ret)
+    algo = resolve(AlgoConfig(name="reinforce_pp", gamma=0.7))
+    got = compute_advantages(scores, mask, groups, algo, reducer=TwoCopies())[0]
+    torch.testing.assert_close(got, reinforce_pp_advantages(tok, mask, gamma=0.7, reduce=lambda t: 2 * t)[0])
+    assert not torch.allclose(got, reinforce_pp_advantages(tok, mask, gamma=0.7)[0])  # so the reduce did arrive
+    no_std = compute_advantages(scores, mask, groups, resolve(AlgoConfig(name="grpo", norm_adv_by_std=False)))[0]
+    torch.testing.assert_close(no_std, compute_advantages(scores, mask, groups, resolve(AlgoConfig(name="dr_grpo")))[0])
+    assert not torch.allclose(no_std, compute_advantages(scores, mask, groups, resolve(AlgoConfig(name="grpo")))[0])
+
+
 def test_unknown_or_misplaced_params_are_refused_with_what_is_taken():
     with pytest.raises(ConfigError, match=r"algo\.params\.epz: neither adv_estimator 'grpo'.*\['clip_high'.*'eps'"):
         resolve(load(Config, "tiny-cpu", ["algo.params.epz=1e-4"]).algo)
