@@ -124,7 +124,7 @@ def main() -> None:
         m = w.step(p, c, r, g)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         row = {"step": s, "wall": wall, "cpu": cpu, "logprobs": m["time_logprobs"], "update": m["time_update"],
-               "loss": m["loss"], "kl": m.get("kl", 0.0)}
+               "loss": m["loss"], "kl": m.get("kl_loss", 0.0)}
         print(json.dumps(row), flush=True)
         if s > 0:  # step 0 warms up allocators and kernels
             rows.append(row)

@@ -38,7 +38,7 @@ def run(seed: int, args, extra: list[str]) -> dict:
     return {"seed": seed, "start": round(s["heldout_reward_start"], 4), "end": round(s["heldout_reward_end"], 4),
             "gain": round(s["heldout_reward_end"] - s["heldout_reward_start"], 4),
             "train_first": round(sum(r[:k]) / k, 4), "train_last": round(sum(r[-k:]) / k, 4),
-            "kl_max": round(max(row.get("actor/kl", 0.0) for row in rows), 4), "s_per_step": round(s["mean_step_s"], 2)}
+            "kl_max": round(max(row.get("actor/kl_loss", row.get("actor/kl_reward", 0.0)) for row in rows), 4), "s_per_step": round(s["mean_step_s"], 2)}
 
 
 def main():

@@ -123,14 +123,15 @@ def main(argv: list[str]) -> dict:
 
         row = {**run.common_row(batch, sc, stats, sync), **masked, "time/generate": t_gen,
                "time/score": sc["seconds"],
-               "actor/kl": stats.get("kl", 0.0), "actor/clipfrac": stats.get("clipfrac", 0.0),
+               **{f"actor/{k}": stats[k] for k in ("kl_loss", "kl_reward") if k in stats},  # where measured
+               "actor/clipfrac": stats.get("clipfrac", 0.0),
                "actor/entropy": stats.get("entropy", 0.0), "actor/pg_loss": stats.get("pg_loss", 0.0),
                "actor/approx_kl": stats.get("approx_kl", 0.0), "actor/grad_norm": stats.get("grad_norm", 0.0),
                "actor/lr": stats.get("lr", 0.0), "actor/kl_coef": stats["kl_coef"],
                "actor/adv_abs_mean": stats["adv_abs_mean"], **ds}
-        run.log_step(step, row, {"reward": f"{row['reward/mean']:.3f}", "kl": f"{row['actor/kl']:.4f}"})
+        run.log_step(step, row, {"reward": f"{row['reward/mean']:.3f}", "kl": f"{row.get(f'actor/kl_{algo.kl_mode}', 0.0):.4f}"})
 
-    return run.finish({}, ["reward/mean", "actor/kl", "response/length_mean"], f"{cfg.algo.name} {cfg.run_name}")
+    return run.finish({}, ["reward/mean", f"actor/kl_{algo.kl_mode}", "response/length_mean"], f"{cfg.algo.name} {cfg.run_name}")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def main(argv: list[str]) -> dict:
 
         row = {**run.common_row(batch, sc, stats, sync), **masked, "time/generate": batch.gen["seconds"],
                "time/score": sc["seconds"], "time/values": t_values, "time/critic": t_critic,
-               "actor/kl": stats.get("kl", 0.0), "actor/kl_seq": stats.get("kl_seq", 0.0), "actor/kl_coef": stats["kl_coef"],
+               **{f"actor/{k}": stats[k] for k in ("kl_loss", "kl_reward") if k in stats},  # where measured
+               "actor/kl_seq": stats.get("kl_seq", 0.0), "actor/kl_coef": stats["kl_coef"],
                "actor/clipfrac": stats.get("clipfrac", 0.0), "actor/entropy": stats.get("entropy", 0.0),
                "actor/pg_loss": stats.get("pg_loss", 0.0), "actor/approx_kl": stats.get("approx_kl", 0.0),
                "actor/grad_norm": stats.get("grad_norm", 0.0), "actor/lr": stats.get("lr", 0.0),

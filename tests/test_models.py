@@ -123,7 +123,7 @@ def test_learner_starts_from_one_adapter_and_anchors_to_another(tiny_model_dir, 
         assert not torch.allclose(want_policy, want_ref, atol=1e-3)
     ref_before = {n: p.clone() for n, p in w.model.named_parameters() if ".ref." in n}
     out = w.step([[1, 5, 9]] * 4, [[13, 17, 21, 25]] * 2 + [[30, 31, 32, 33]] * 2, [1.0, 1.0, 0.0, 0.0], [0, 0, 0, 0])
-    assert out["kl"] > 0  # policy and reference differ from the first step
+    assert out["kl_loss"] > 0  # policy and reference differ from the first step
     assert all(torch.equal(p, ref_before[n]) for n, p in w.model.named_parameters() if ".ref." in n)
     assert not any(p.requires_grad for n, p in w.model.named_parameters() if ".ref." in n)
     assert all(p.requires_grad for n, p in w.model.named_parameters() if ".default." in n and "lora_" in n)
