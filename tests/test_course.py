@@ -70,6 +70,20 @@ def test_course_runs_every_stage_and_tables_them(ray_local, tmp_path, capfd):
     assert cont["continual"]["memory"] == list(stage_cfg("sft")["sft"]["sources"])  # the SFT data is replayed
     assert st["continual"]["method"] == "inscl" and st["continual"]["tasks"] == ["reverse"]
 
+    # Resumed as if cut off during the continual stage (before its summary): the three finished stages are reused
+    # (not run again), the continual stage starts again over what it left, and the table is rebuilt.
+    sft_metrics = (course / "sft" / "metrics.jsonl").read_text()
+    (course / "continual" / "summary.json").unlink()
+    capfd.readouterr()
+    s2 = main(argv + ["resume=true"])
+    out = capfd.readouterr().out
+    assert all(f"[course] {stage}: finished in an earlier attempt" in out for stage in ("sft", "dpo", "grpo"))
+    ran = [line for line in out.splitlines() if line.startswith("[course] $ ")]
+    assert len(ran) == 1 and "pipelines/continual.py overwrite=true " in ran[0], ran  # the only stage run again
+    assert (course / "sft" / "metrics.jsonl").read_text() == sft_metrics
+    assert s2["sft_heldout_loss"] == s["sft_heldout_loss"] and s2["grpo_heldout_reward"] == s["grpo_heldout_reward"]
+    assert (course / "continual" / "summary.json").exists() and s2["stages"]["continual"]["method"] == "inscl"
+
 
 def test_rerunning_a_course_is_refused_unless_resumed_or_overwritten(tmp_path):
     """The course folder holds every stage's run: reusing it needs resume=true or overwrite=true (checked before
@@ -114,17 +128,3 @@ def test_resumed_course_reuses_finished_stages_and_resumes_cut_off_ones(tmp_path
     (early / "metrics.jsonl").write_text('{"step": 0}\n')
     with pytest.raises(RuntimeError, match=r"rm.py overwrite=true runs_dir="):
         run_stage("rm.py", [f"runs_dir={tmp_path}", "run_name=rm", "model.path=/nonexistent/model"], early, env, True)
-
-    # Resumed as if cut off during the continual stage (before its summary): the three finished stages are reused
-    # (not run again), the continual stage starts again over what it left, and the table is rebuilt.
-    sft_metrics = (course / "sft" / "metrics.jsonl").read_text()
-    (course / "continual" / "summary.json").unlink()
-    capfd.readouterr()
-    s2 = main(argv + ["resume=true"])
-    out = capfd.readouterr().out
-    assert all(f"[course] {stage}: finished in an earlier attempt" in out for stage in ("sft", "dpo", "grpo"))
-    ran = [line for line in out.splitlines() if line.startswith("[course] $ ")]
-    assert len(ran) == 1 and "pipelines/continual.py overwrite=true " in ran[0], ran  # the only stage run again
-    assert (course / "sft" / "metrics.jsonl").read_text() == sft_metrics
-    assert s2["sft_heldout_loss"] == s["sft_heldout_loss"] and s2["grpo_heldout_reward"] == s["grpo_heldout_reward"]
-    assert (course / "continual" / "summary.json").exists() and s2["stages"]["continual"]["method"] == "inscl"
