@@ -20,9 +20,8 @@ from config.sft import SFTConfig
 
 class SFTWorker:
     def __init__(self, model_path: str | os.PathLike, model_cfg: ModelConfig, sft: SFTConfig, seed: int = 0):
-        from transformers import get_scheduler
-
         from learners.models import load_policy, trainable_parameters
+        from learners.step import make_scheduler
 
         torch.manual_seed(seed)
         self.sft = sft
@@ -32,9 +31,8 @@ class SFTWorker:
         self.device = self.model.get_input_embeddings().weight.device
         self.params = trainable_parameters(self.model)
         self.opt = torch.optim.AdamW(self.params, lr=sft.lr, weight_decay=sft.weight_decay)
-        name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[sft.lr_schedule]
-        self.sched = get_scheduler(name, self.opt, num_warmup_steps=sft.warmup_steps,
-                                   num_training_steps=max(1, sft.steps))
+        # The project's one schedule (learners/step.py): linear warm-up from lr / warmup, then sft.lr_schedule.
+        self.sched = make_scheduler(self.opt, sft, max(1, sft.steps))
         self.finetune = model_cfg.finetune
 
     def describe(self) -> dict:

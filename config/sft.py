@@ -47,7 +47,7 @@ class SFTConfig:
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    """Decay after warm-up (transformers.get_scheduler)."""
+    """Decay after warm-up (learners.step.make_scheduler, the schedule every stage uses)."""
     warmup_steps: int = 5
     """Linear warm-up steps."""
     weight_decay: float = 0.0
