@@ -47,6 +47,7 @@ def head_bench(vocab: int, dtype: str, reps: int) -> dict:
     (full [B, L, V] logits) and the lean one (``positions``)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from cluster.memory import SavedForBackward
     from learners.logprobs import sequence_logprobs
     from learners.models import DTYPES, attach_lora
     from tinymodels.factory import PRESETS
@@ -65,25 +66,17 @@ def head_bench(vocab: int, dtype: str, reps: int) -> dict:
     want[:, P - 1:] = 1
     out = {"vocab": vocab, "dtype": dtype}
     for name, positions in (("plain", None), ("lean", want)):
-        params = {q.untyped_storage().data_ptr() for q in model.parameters()}
-        saved: dict[int, int] = {}
-
-        def pack(t):
-            st = t.untyped_storage()
-            if st.data_ptr() not in params:
-                saved[st.data_ptr()] = st.nbytes()
-            return t
 
         times = []
         for r in range(reps + 1):
             t0 = time.perf_counter()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with SavedForBackward(model) as saved:
                 lp, ent = sequence_logprobs(model, ids, att, True, 1.0, positions=positions, entropy_grad=False)
             (-(lp * want).sum() / want.sum()).backward()
             if r > 0:
                 times.append(time.perf_counter() - t0)
         out[name] = {"fwd_bwd_s": {"min": min(times), "median": statistics.median(times), "max": max(times)},
-                     "saved_for_backward_mib": sum(saved.values()) / 2**20}
+                     "saved_for_backward_mib": saved.bytes / 2**20}
     return out
 
 

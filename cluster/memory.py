@@ -181,6 +181,36 @@ def trainable_state_bytes(n_params: int, param_bytes: int = 4, optimizer_moments
 
 # ---------------------------------------------------------------------------------------------- activations
 
+class SavedForBackward:
+    """``with SavedForBackward(model) as saved: loss = f(model)`` counts the bytes autograd keeps for the backward
+    pass inside the block, one entry per storage (``saved.bytes``), parameters excluded: the measured counterpart
+    of :func:`layer_saved_bytes`."""
+
+    def __init__(self, model):
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in self.params:
+            self.storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self) -> "SavedForBackward":
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
 def layer_saved_bytes(shape: ModelShape, dtype: str, targets: tuple[str, ...] | list[str], rank: int,
                       finetune: str = "lora", padded: bool = False, seq_len: int = 1) -> dict[str, float]:
     """Bytes one decoder layer keeps for backward, per token, as autograd saves them (b = bytes of ``dtype``):

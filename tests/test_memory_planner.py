@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.memory import (GiB, KNOWN_MODELS, LINEARS, ModelShape, kv_bytes_per_token, layer_saved_bytes,
-                            learner_memory, logits_bytes, lora_params, main, nf4_matrix_bytes, plan_memory,
+from cluster.memory import (GiB, KNOWN_MODELS, LINEARS, ModelShape, SavedForBackward, kv_bytes_per_token,
+                            layer_saved_bytes, learner_memory, logits_bytes, lora_params, main, nf4_matrix_bytes, plan_memory,
                             rollout_memory, trainable_state_bytes, weight_bytes)
 from config import Config, load
 
@@ -211,20 +211,11 @@ def test_saved_activations_match_autograd(tiny_model_dir, tiny_shape, finetune, 
     mask = torch.ones_like(ids)
     if padded:
         mask[0, : T // 3] = 0
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(model) as saved:
         sequence_logprobs(model, ids, mask)
     per_layer = sum(layer_saved_bytes(tiny_shape, dtype, LINEARS, 8, finetune, padded, T).values())
     estimate = B * T * (tiny_shape.layers * per_layer + 4 * tiny_shape.hidden + 4 + logits_bytes(tiny_shape.vocab, dtype)["saved"])
-    assert estimate == pytest.approx(sum(saved.values()), rel=0.03)
+    assert estimate == pytest.approx(saved.bytes, rel=0.03)
 
 
 def _step_peak(model, ids, mask, opt) -> int:
