@@ -143,8 +143,9 @@ class SyncVerifier:
         if self.tolerance is None:
             raise RuntimeError("SyncVerifier.check before calibrate()")
         version = exp["version"]
-        lrn = self.get(self.learner.probe_logprobs.remote(self.probe_ids), "learner", "sync probe")
+        lrn_ref = self.learner.probe_logprobs.remote(self.probe_ids)  # both sides probe at once
         engs = self.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines], "rollout", "sync probe")
+        lrn = self.get(lrn_ref, "learner", "sync probe")
         if lrn["version"] != version:
             raise SyncError(f"learner is at version {lrn['version']}, expected {version}")
         move = probe_gap(lrn["logprobs"], self.prev_lp)[0] if self.prev_lp is not None else 0.0

@@ -79,16 +79,18 @@ def main(argv: list[str]) -> dict:
     learners, n = group["l"], cfg.rollout.n_samples
     min_group = 2 if algo.adv_estimator != "reinforce_pp" else 1  # a group baseline needs two judged samples
 
-    def as_groups(batch, sc) -> list[dict]:
-        keep = set(mask_failed(sc, n, cfg, batch.step, min_group)[0])
+    def as_groups(batch, sc) -> tuple[list[dict], dict]:
+        """The judged samples by prompt (failed items masked), and the masking's counts."""
+        keep, masked = mask_failed(sc, n, cfg, batch.step, min_group)
+        keep = set(keep)
         return [{"prompt_ids": p, "samples": [s for j, s in enumerate(g) if i * n + j in keep],
                  "rewards": [sc["rewards"][i * n + j] for j in range(n) if i * n + j in keep]}
                 for i, (p, g) in enumerate(zip(batch.gen["prompt_token_ids"], batch.gen["samples"]))
-                if any(i * n + j in keep for j in range(n))]
+                if any(i * n + j in keep for j in range(n))], masked
 
     def draw(step: int, k: int) -> list[dict]:
         batch = run.rollouts.take(step, step, k)
-        return as_groups(batch, run.score(batch.rows, batch.samples, n))
+        return as_groups(batch, run.score(batch.rows, batch.samples, n))[0]
 
     for step in run.steps():
         # 1. generate: n samples per prompt (with train.max_staleness = k, launched up to k versions ago)
@@ -97,8 +99,7 @@ def main(argv: list[str]) -> dict:
 
         # 2. score: per item a reward and a status; items no scorer could judge leave the loss (masked, counted)
         sc = run.score(batch.rows, batch.samples, n)
-        groups = as_groups(batch, sc)
-        masked = mask_failed(sc, n, cfg, step, min_group)[1]
+        groups, masked = as_groups(batch, sc)
 
         # 2b. DAPO: drop groups with all-equal rewards and draw more prompts until the batch is full (capped)
         ds = {}

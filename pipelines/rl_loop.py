@@ -174,15 +174,6 @@ class Rollouts:
         self.staleness.extend(lags)
         return Batch(step, rows, gen)
 
-    def drain(self) -> None:
-        """Wait for batches still in flight (none past train.steps are launched; this is for early exits)."""
-        for rows, ref in self.inflight.values():
-            try:
-                ray.get(ref, timeout=self.cfg.cluster.rollout.timeout_s)
-            except Exception:
-                pass
-        self.inflight.clear()
-
 
 def mask_failed(sc: dict, n: int, cfg: Config, step: int, min_group: int = 1) -> tuple[list[int], dict]:
     """Indices of the items to train on: those every scorer judged (``valid``), in groups of ``n`` samples per prompt
@@ -244,7 +235,7 @@ class RLRun:
                               "cluster.mode=colocate the engine sleeps then (rollout.sleep_between_phases=true): use "
                               "cluster.mode=split, rollout.sleep_between_phases=false, or train.max_staleness=0")
         data = data or RLData.load(cfg, extra_checks)  # the user's input is checked before the run folder is touched
-        ckpt = _resume_point(cfg, run_dir)
+        ckpt = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)  # a used run folder needs resume or overwrite
         run_dir.mkdir(parents=True, exist_ok=True)
         dtype = engine_dtype(cfg)
 
@@ -373,8 +364,8 @@ class RLRun:
         return self.ckpt
 
     def finish(self, extra: dict, plot_keys: list[str], title: str) -> dict:
-        """Held-out score at the end, the last checkpoint, summary.json (with the staleness distribution), plot."""
-        self.rollouts.drain()
+        """Held-out score at the end, the last checkpoint, summary.json (with the staleness distribution), plot.
+        Nothing is in flight here: no batch past train.steps is ever launched."""
         held_end = self.heldout_reward()
         self.checkpoint(self.cfg.train.steps)
         rows = self.log.read()
@@ -395,8 +386,3 @@ class RLRun:
               f"results in {self.run_dir}", flush=True)
         return summary
 
-
-def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (resume=true), None for a fresh run; a run folder that holds another run needs
-    resume=true or overwrite=true (runlog.prepare_run_dir)."""
-    return prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
