@@ -62,6 +62,10 @@ class ClusterConfig:
     """Resources of each learner actor."""
     placement_timeout_s: float = 60.0
     """How long to wait for the placement group before reporting that the plan does not fit."""
+    reservation: str = ""
+    """Name of a detached placement group that holds this run's resources for longer than one stage (the course makes
+    one per run: cluster/reservation.py). Given, the stage places its actors into that group's bundles instead of
+    making a group of its own, and is refused at start when its plan does not fit them; '' = a group of its own."""
 
 
 @dataclass
