@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from config.continual import ContinualConfig
+from config.envs import EnvConfig
 from config.evaluation import EvalConfig
 from config.loader import check
 from config.preference import DPOConfig, RMConfig
@@ -398,3 +399,4 @@ class Config:
     rm: RMConfig = field(default_factory=RMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
