@@ -48,10 +48,13 @@ class CriticWorker:
         return gather_response(v, prompt_ids, completion_ids)
 
     def update(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], returns: list[list[float]],
-               old_values: list[list[float]]) -> dict:
+               old_values: list[list[float]], loss_masks: list[list[int]] | None = None) -> dict:
         """Fit V to the GAE returns with the clipped value loss; returns metrics (value_loss, vf_clipfrac,
-        explained_var, grad_norm)."""
+        explained_var, grad_norm). ``loss_masks`` (multi-turn): fit only where the model chose a token, not at the
+        tool results between its turns."""
         ids, att, resp = build_sequences(prompt_ids, completion_ids, self.pad_id)
+        if loss_masks is not None:
+            resp = resp * scatter_response(prompt_ids, loss_masks, resp)
         batch = ValueBatch(ids, att, resp, scatter_response(prompt_ids, returns, resp),
                            scatter_response(prompt_ids, old_values, resp))
         return critic_update(self.model, self.optimizer, batch, self.algo.value_clip, self.train_cfg, self.params)

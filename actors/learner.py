@@ -99,20 +99,21 @@ class LearnerWorker:
     def step(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rewards: list[float],
              group_ids: list[int], behaviour_logprobs: list[list[float]] | None = None,
              values: list[list[float]] | None = None, truncated: list[bool] | None = None,
-             ptx: dict | None = None) -> dict:
+             ptx: dict | None = None, loss_masks: list[list[int]] | None = None) -> dict:
         """Advantages, old/reference logprobs, then the minibatch updates. Returns metrics.
 
         ``behaviour_logprobs`` are the engine's sampling logprobs: the rollout/learner mismatch is measured
         against them and corrected by importance weights (``train.rollout_correction``). ``values`` (the critic's,
         per completion token) feed GAE and the returned ``returns`` are the critic's targets; ``truncated`` marks
         completions cut by the length limit (DAPO's overlong filter); ``ptx`` = {input_ids, labels} supervised rows
-        for the PPO-ptx loss.
+        for the PPO-ptx loss; ``loss_masks`` (multi-turn) mark the completion tokens the model sampled (1) apart from
+        the tool results between its turns (0): only the former are trained on.
         """
         t0 = time.time()
         kl_coef = self.kl_ctl.value
         batch, info = prepare_batch(self.model, prompt_ids, completion_ids, rewards, group_ids, self.algo,
                                     self.train_cfg, self.pad_id, kl_coef, self._ref_logprobs, behaviour_logprobs,
-                                    values, truncated, self.reducer, self.temperature)
+                                    values, truncated, self.reducer, self.temperature, loss_masks)
         t_logp = time.time() - t0
         ptx_batch = pad_supervised(ptx["input_ids"], ptx["labels"], self.pad_id) if ptx else None
         metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg,

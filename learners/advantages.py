@@ -137,11 +137,23 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     ``rewards``, ``values``, ``mask`` are [B, T]; positions with mask 0 are padding (or, for
     environments, steps after an episode ended) and stop the recursion. Returns (advantages, returns),
     zero where mask is 0. The recursion over t is inherently sequential; the batch is not.
+
+    Holes -- mask 0 between masked-in positions, as the tool results inside a multi-turn trajectory -- are
+    skipped, not stops: t + 1 is the next position with mask 1 (the model's next token), so the outcome reward at
+    the last turn reaches every earlier turn (the sequence is compacted to its masked-in positions, the recursion
+    runs there, and the result is put back).
     """
+    m = mask.to(torch.float32)
+    on = (m > 0).to(torch.int64)
+    if bool(((on.cumsum(1) > 0) & (on.flip(1).cumsum(1).flip(1) > 0) & (on == 0)).any()):  # holes: compact, recurse
+        order = torch.sort((m <= 0).to(torch.int8), dim=1, stable=True).indices  # masked-in positions first, in order
+        pick = lambda x: torch.gather(x.to(torch.float32), 1, order)  # noqa: E731
+        adv_c, ret_c = gae_advantages(pick(rewards), pick(values), pick(m), gamma=gamma, lam=lam)
+        adv, ret = torch.zeros_like(adv_c), torch.zeros_like(ret_c)
+        return adv.scatter_(1, order, adv_c), ret.scatter_(1, order, ret_c)
     B, T = rewards.shape
     adv = torch.zeros_like(rewards, dtype=torch.float32)
     last = torch.zeros(B, dtype=torch.float32, device=rewards.device)
-    m = mask.to(torch.float32)
     r = rewards.to(torch.float32)
     v = values.to(torch.float32) * m
     for t in reversed(range(T)):

@@ -151,7 +151,7 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
                   group_ids: list[int], algo, train, pad_id: int, kl_coef: float, ref_logprobs_fn=None,
                   behaviour_logprobs: list[list[float]] | None = None, values: list[list[float]] | None = None,
                   truncated: list[bool] | None = None, reducer: LocalReducer = LOCAL,
-                  temperature: float = 1.0) -> tuple[RLBatch, dict]:
+                  temperature: float = 1.0, loss_masks: list[list[int]] | None = None) -> tuple[RLBatch, dict]:
     """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
     holds ``returns`` (lists, for the critic) and the measured KL of the batch (``kl_seq``; ``kl_reward`` in
@@ -165,8 +165,14 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
     (learners/rollout_correction.py) -- the engine's kernels differ, and under asynchronous rollout so does its
     adapter version; pi_old stays the learner's own policy before the update. ``group_ids`` index groups within this batch; a data-parallel
     shard holds whole groups (``reducer``: see :class:`LocalReducer`).
+
+    ``loss_masks`` (multi-turn trajectories, actors/multiturn.py): per completion token 1 where the model sampled it,
+    0 where a tool result or chat markup was appended; the response mask -- the loss, the KL, the advantages, the
+    logprob positions -- then covers the model's own tokens only.
     """
     ids, att, resp = build_sequences(prompt_ids, completion_ids, pad_id)
+    if loss_masks is not None:
+        resp = resp * scatter_response(prompt_ids, loss_masks, resp)
     batch = RLBatch(ids, att, resp, torch.zeros_like(resp))
     if behaviour_logprobs is not None:
         batch.engine_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
