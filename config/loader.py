@@ -180,19 +180,26 @@ def load(cls: type[T], preset: str | None = None, overrides: list[str] | dict | 
     """
     over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     preset = over.pop("config", None) or preset
-    data: dict = {}
-    if preset:
-        path = preset_path(str(preset))
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                              f"{e.start}); re-encode it as UTF-8") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = read_preset(str(preset)) if preset else {}
     return from_dict(cls, deep_merge(data, over))
+
+
+def read_preset(name: str, seen: tuple[str, ...] = ()) -> dict:
+    """A preset's sections; a top-level ``extends: OTHER`` reads OTHER first and merges this file over it."""
+    path = preset_path(name)
+    if str(path) in seen:
+        raise ConfigError(f"{path}: 'extends' goes round in a circle ({' -> '.join(seen + (str(path),))})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); re-encode it as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    parent = data.pop("extends", None)
+    return deep_merge(read_preset(str(parent), seen + (str(path),)), data) if parent else data
 
 
 def check(cond: bool, key: str, msg: str) -> None:

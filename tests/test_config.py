@@ -73,3 +73,17 @@ def test_pipeline_reports_bad_input_without_a_traceback(args, fragment):
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("config error: ") and fragment in p.stderr, p.stderr
+
+
+def test_a_preset_extends_another(tmp_path):
+    """``extends: tiny-cpu`` reads tiny-cpu first and merges the file over it; a circle is refused by name."""
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: tiny-cpu\nrollout: {max_new_tokens: 40}\n")
+    cfg = load(Config, str(child))
+    base = load(Config, "tiny-cpu")
+    assert cfg.rollout.max_new_tokens == 40 and cfg.rollout.n_samples == base.rollout.n_samples
+    assert cfg.train == base.train
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load(Config, str(loop))
