@@ -19,11 +19,40 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 # ChatML, with {% generation %} marks around assistant content so that
 # `apply_chat_template(..., return_assistant_tokens_mask=True)` derives the assistant-only loss mask
-# from the template itself.
+# from the template itself. Tools as Qwen3 renders them (see envs/), more tersely, for tiny models:
+# - `tools=[...]` (OpenAI function definitions): a system block first, merged into the first system message if any:
+#   "# Tools\n<tools>\n{one compact JSON per line}\n</tools>\nCall a function as:\n<tool_call>\n{...}\n</tool_call>";
+# - an assistant message's OpenAI `tool_calls`: `<tool_call>\n{"name":...,"arguments":...}\n</tool_call>` blocks
+#   after its content (compact JSON, as envs.tool_calls.format_tool_call writes them), inside the generation marks;
+# - consecutive `tool` messages: one user turn of `\n<tool_response>\n{content}\n</tool_response>` parts.
+# Chats without tools render byte for byte as the plain ChatML template did (tests/test_envs.py checks it).
 CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson(separators=(',', ':'))) }}{%- endfor %}"
+    "{{- '\\n</tools>\\nCall a function as:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}"
+    "{%- set content = message['content'] if message['content'] is string else '' %}{{- content }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- if content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- set call = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>\\n{\"name\":' + (call['name'] | tojson) + ',\"arguments\":' }}"
+    "{%- if call['arguments'] is string %}{{- call['arguments'] }}"
+    "{%- else %}{{- call['arguments'] | tojson(separators=(',', ':')) }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
