@@ -40,8 +40,12 @@ def start_local(attempts: int = 3, **kwargs):
             ray.shutdown()
 
 
-def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
+def connect(cfg: ClusterConfig, runtime_env: dict | None = None, dashboard: bool = False):
     """``ray.init`` for ``cfg.address``; returns Ray's context. Idempotent within a process.
+
+    ``dashboard``: a local cluster started here gets a dashboard (and so a job server, for the course's stage jobs)
+    on 127.0.0.1. With ``cfg.reservation`` the process joins the namespace reservations live in (a placement group's
+    name is looked up in the asking job's namespace).
 
     - 'local': inside `ray job submit` (RAY_ADDRESS is set) join the job's cluster, else start one here;
     - 'auto': join the cluster started with `ray start` on this node;
@@ -53,10 +57,16 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None):
         os.environ["RAY_AUTH_TOKEN"] = os.environ[cfg.auth_token_env]
     address = cfg.address
     kwargs: dict = {"runtime_env": runtime_env, "logging_level": "WARNING", "log_to_driver": True}
+    if cfg.reservation:
+        from cluster.reservation import NAMESPACE
+
+        kwargs["namespace"] = NAMESPACE
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
         if ray.is_initialized():
             return ray.get_runtime_context()
-        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
+        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=dashboard)
+        if dashboard:
+            kwargs["dashboard_host"] = "127.0.0.1"  # loopback only (the design's security stance)
         if cfg.device == "cpu":
             kwargs["num_gpus"] = 0
         return start_local(**kwargs)

@@ -29,6 +29,8 @@ class ResourcePlan:
     device: str
     bundles: list[dict[str, float]]
     placements: list[Placement] = field(default_factory=list)
+    reservation: str = ""
+    """cluster.reservation: the run's detached placement group this plan's actors go into ('' = a group of its own)."""
 
     @property
     def strategy(self) -> str:
@@ -64,7 +66,7 @@ def plan_resources(cfg: ClusterConfig, roles: tuple[str, ...] = ROLES) -> Resour
     for role, s in specs.items():
         if cfg.device == "cpu" and s.num_gpus:
             raise ValueError(f"cluster.{role}.num_gpus={s.num_gpus} but cluster.device=cpu; set it to 0 or device=gpu")
-    plan = ResourcePlan(cfg.mode, cfg.device, bundles=[])
+    plan = ResourcePlan(cfg.mode, cfg.device, bundles=[], reservation=cfg.reservation)
     if cfg.mode == "colocate":
         gpus = sum(s.num_gpus * s.count for s in specs.values())
         if cfg.device == "gpu" and gpus > 1.0 + 1e-9:
@@ -101,12 +103,22 @@ def check_fits(plan: ResourcePlan, available: dict[str, float]) -> None:
 
 
 def make_placement_group(plan: ResourcePlan, timeout_s: float = 60.0):
-    """Create and wait for the plan's placement group; explain a misfit instead of hanging."""
+    """Create and wait for the plan's placement group; explain a misfit instead of hanging.
+
+    With ``plan.reservation`` (cluster.reservation) no group is made: the run's reserved group is returned, once the
+    plan is checked to fit its bundles (``cluster.reservation.fit``, which points the placements at them) -- before
+    any actor starts. ``release_group`` leaves such a group in place."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from cluster.connect import ClusterError
 
+    if plan.reservation:
+        from cluster.reservation import attach, bundles_of, fit
+
+        pg = attach(plan.reservation)
+        fit(plan, plan.reservation, bundles_of(pg))
+        return pg
     check_fits(plan, ray.available_resources())
     pg = placement_group(plan.bundles, strategy=plan.strategy)
     try:
@@ -117,6 +129,16 @@ def make_placement_group(plan: ResourcePlan, timeout_s: float = 60.0):
                            f"{plan.describe()}; the cluster has {ray.available_resources()} free. "
                            "Free resources, lower the roles' asks, or raise cluster.placement_timeout_s") from None
     return pg
+
+
+def release_group(pg) -> None:
+    """Remove a stage's own placement group (None: never made); a run's reservation stays for the next stage."""
+    from ray.util.placement_group import remove_placement_group
+
+    from cluster.reservation import is_reserved
+
+    if pg is not None and not is_reserved(pg):
+        remove_placement_group(pg)
 
 
 def actor_options(plan: ResourcePlan, pg, role: str, index: int = 0) -> dict:

@@ -70,9 +70,8 @@ def choose_replay(kind: str, task, past: list[tuple[str, list[dict]]], cc, seed:
 
 def main(argv: list[str]) -> dict:
     import ray
-    from ray.util.placement_group import remove_placement_group
 
-    from cluster import actor_options, connect, make_placement_group, plan_resources, require_single
+    from cluster import actor_options, connect, make_placement_group, plan_resources, release_group, require_single
     from evalpanel import run_panel
     from evalpanel import write_table as write_general_table
     from evalpanel.report import direction
@@ -191,7 +190,7 @@ def main(argv: list[str]) -> dict:
                 ray.get(engine["actor"].shutdown.remote())
             finally:
                 ray.kill(engine["actor"])
-        remove_placement_group(pg)
+        release_group(pg)  # its own group; a run's reservation stays
 
     # 4. Report: matrices, the methods' comparison, the general-ability table, plots, summary.json.
     rows = []

@@ -72,7 +72,8 @@ def stop_engine(engine, pg) -> None:
     """Shut the engine down and free its bundle. Called from a finally: an engine that already died must not
     hide the error that brought us here."""
     import ray
-    from ray.util.placement_group import remove_placement_group
+
+    from cluster import release_group
 
     try:
         ray.get(engine.shutdown.remote(), timeout=120)
@@ -80,7 +81,7 @@ def stop_engine(engine, pg) -> None:
         print(f"engine shutdown: {type(e).__name__}", flush=True)
     try:
         ray.kill(engine)
-        remove_placement_group(pg)
+        release_group(pg)  # its own group; a run's reservation stays
     except Exception as e:  # noqa: BLE001
         print(f"engine cleanup: {type(e).__name__}", flush=True)
 

@@ -155,12 +155,13 @@ def finish(log: RunLog, summary: dict, curves: list[str], png: str, title: str) 
 
 def release(pg, *actors) -> None:
     """Kill the stage's actors (None: never started) and remove its placement group, whatever happened, so that a
-    driver that goes on (the course, a notebook) is not left short of resources."""
+    driver that goes on (the course, a notebook) is not left short of resources. A run's reservation
+    (cluster.reservation) is not the stage's to remove: it stays for the next stage."""
     import ray
-    from ray.util.placement_group import remove_placement_group
+
+    from cluster import release_group
 
     for actor in actors:
         if actor is not None:
             ray.kill(actor)
-    if pg is not None:
-        remove_placement_group(pg)
+    release_group(pg)

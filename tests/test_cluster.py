@@ -1,11 +1,15 @@
-"""The cluster layer against a real local Ray cluster: plans, placement groups, actors, and its errors."""
+"""The cluster layer against a real local Ray cluster: plans, placement groups, reservations, actors, and its errors."""
 import os
+import time
+from pathlib import Path
 
 import pytest
 
 from cluster import ClusterError, actor_options, connect, make_placement_group, plan_resources
 from cluster.plan import check_fits
 from config import ClusterConfig, Config, load
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_colocate_and_split_plans_on_cpu_fit_two_cores(ray_local):
@@ -91,3 +95,95 @@ def test_token_mode_without_token_is_explained(monkeypatch, tmp_path):
             connect(ClusterConfig(address=f"127.0.0.1:{port}"))
     finally:
         srv.close()
+
+
+# -- the run's reservation (cluster/reservation.py): one detached placement group that stages attach to --------------
+
+def _live(ray, name):
+    return [i for i in ray.util.placement_group_table().values() if i["name"] == name and i["state"] != "REMOVED"]
+
+
+def test_a_reserved_group_is_attached_fitted_and_never_removed_by_a_stage(ray_local):
+    """A stage with cluster.reservation places its actors into the reserved bundles (no group of its own), a stage's
+    release leaves the reservation in place, reserving the same name again reattaches, and release frees it."""
+    from cluster import release_group
+    from cluster.reservation import release, reserve
+
+    ray = ray_local
+    cfg = load(Config, "tiny-cpu").cluster
+    full = plan_resources(cfg)
+    pg, created = reserve("test-res", full.bundles, full.strategy, timeout_s=30)
+    try:
+        assert created and len(_live(ray, "test-res")) == 1
+        again, created2 = reserve("test-res", full.bundles, full.strategy)  # a resumed run on the same cluster
+        assert not created2 and again.id == pg.id
+        cfg.reservation = "test-res"
+        plan = plan_resources(cfg, ("learner",))  # a stage with fewer roles than the reservation was made for
+        assert make_placement_group(plan).id == pg.id
+
+        @ray.remote
+        class Role:
+            def where(self):
+                return ray.get_runtime_context().get_placement_group_id()
+
+        actor = Role.options(**actor_options(plan, pg, "learner")).remote()
+        assert ray.get(actor.where.remote()) == pg.id.hex()
+        ray.kill(actor)
+        release_group(pg)  # what stage.release does at a stage's end
+        assert len(_live(ray, "test-res")) == 1
+    finally:
+        assert release("test-res")
+    assert not _live(ray, "test-res") and not release("test-res")
+
+
+def test_a_stage_that_does_not_fit_the_reservation_is_refused_before_any_actor(ray_local, tmp_path):
+    """pipelines/sft.py with a reservation too small for its learner: a ClusterError that names the role, the
+    bundle and the reservation, raised before the stage's actor exists; a name that is not reserved is explained."""
+    import ray
+
+    from cluster.reservation import release, reserve
+    from pipelines.sft import main
+
+    def actors():
+        return len(ray._private.state.actors())  # Ray's actor table (the cluster has no dashboard here)
+
+    reserve("test-small", [{"CPU": 0.25}], "STRICT_PACK", timeout_s=30)
+    argv = [f"runs_dir={tmp_path}", "run_name=sft", "model.preset=tiny", "progress=false", "tensorboard=false",
+            "sft.steps=1", "sft.mix_total=16"]
+    try:
+        before = actors()
+        with pytest.raises(ClusterError, match=r"cluster\.learner asks 0\.5 CPU but bundle 0 of reservation "
+                                               r"'test-small' holds 0\.25 CPU"):
+            main(argv + ["cluster.reservation=test-small"])
+        assert actors() == before  # refused at start: no actor was made
+    finally:
+        release("test-small")
+    with pytest.raises(ClusterError, match="holds no placement group of that name"):
+        main(argv + ["run_name=sft2", "cluster.reservation=nope"])
+
+
+def test_a_reservation_outlives_its_creator_until_released(ray_local, tmp_path):
+    """Detached: a process that reserves and is then killed outright (SIGKILL, no cleanup) leaves the group on the
+    cluster; the documented cleanup (`python -m cluster.reservation release NAME cluster.address=...`) frees it."""
+    import subprocess
+    import sys
+
+    ray = ray_local
+    gcs = ray.get_runtime_context().gcs_address
+    code = ("import sys, time; sys.path.insert(0, '.'); from cluster import connect; from config import ClusterConfig;"
+            "from cluster.reservation import reserve; "
+            f"connect(ClusterConfig(address={gcs!r}, reservation='orphan')); "
+            "reserve('orphan', [{'CPU': 0.25}], 'PACK', 30); print('reserved', flush=True); time.sleep(600)")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "reserved"
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(2)
+    assert len(_live(ray, "orphan")) == 1  # the creator is gone, the reservation stays
+    out = subprocess.run([sys.executable, "-m", "cluster.reservation", "release", "orphan", f"cluster.address={gcs}"],
+                         cwd=str(REPO), capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and "released reservation 'orphan'" in out.stdout, out.stderr
+    assert not _live(ray, "orphan")
