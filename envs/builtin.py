@@ -81,7 +81,8 @@ class ToolEnv(Environment):
             else:
                 info["tool_errors"] += 1
                 info["errors"].append(kind)
-            messages.append({"role": "tool", "name": call.name or "", "content": cut(content, self.cfg.max_result_chars)})
+            messages.append({"role": "tool", "name": (call.name or "")[:64],
+                             "content": cut(content, self.cfg.max_result_chars)})
         shaping = self.cfg.shaping
         reward = info["valid_calls"] * shaping.get("valid_call", 0.0) + info["tool_errors"] * shaping.get("tool_error", 0.0)
         return StepResult(messages, float(reward), False, info)

@@ -11,8 +11,8 @@ class TemplateNotPrefixConsistent(ValueError):
 
 def end_of_turn(tokenizer) -> str:
     """The token that ends a sampled assistant turn: ``<|im_end|>`` for ChatML tokenizers, else the EOS token."""
-    vocab = tokenizer.get_vocab()
-    return "<|im_end|>" if "<|im_end|>" in vocab else tokenizer.eos_token
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")  # not get_vocab(): that copies a 150k-entry dict
+    return "<|im_end|>" if im_end is not None and im_end != tokenizer.unk_token_id else tokenizer.eos_token
 
 
 def tool_turn_text(tokenizer, tool_messages: list[dict], tools: list[dict] | None = None) -> str:
@@ -27,6 +27,8 @@ def tool_turn_text(tokenizer, tool_messages: list[dict], tools: list[dict] | Non
     :class:`TemplateNotPrefixConsistent` when F does not start that way (the loop would then train on a sequence
     the template never produces). Tokenise the result on its own and append the ids after the sampled ones.
     """
+    if not tool_messages:
+        raise ValueError("tool_turn_text needs at least one tool message (a turn without calls ends the trajectory)")
     eot = end_of_turn(tokenizer)
     if not eot:
         raise TemplateNotPrefixConsistent("the tokenizer has no <|im_end|> and no eos_token to end a turn with")

@@ -90,11 +90,13 @@ def to_text(value) -> str:
 def call_tool(tool: Tool, arguments: dict, timeout_s: float) -> tuple[str, str | None]:
     """Run one call within ``timeout_s``: ``(text, None)``, or ``("error: ...", kind)`` with kind one of
     ``bad_arguments``, ``raised``, ``timeout``. Never raises for what the tool or its arguments do."""
-    problems = sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.path))
-    if problems:
-        e = problems[0]
-        where = "/".join(map(str, e.path)) or "arguments"
-        return f"error: bad arguments for {tool.name} ({where}: {e.message[:160]})", "bad_arguments"
+    try:
+        problem = jsonschema.exceptions.best_match(tool.validator.iter_errors(arguments))
+    except RecursionError:
+        return f"error: bad arguments for {tool.name} (nested too deeply)", "bad_arguments"
+    if problem is not None:
+        where = "/".join(map(str, problem.path)) or "arguments"
+        return f"error: bad arguments for {tool.name} ({where}: {problem.message[:160]})", "bad_arguments"
     try:
         if tool.isolation == "inline":
             value = tool.fn(timeout_s=timeout_s, **arguments)
@@ -152,7 +154,10 @@ def _in_process(tool: Tool, arguments: dict, timeout_s: float):
         try:
             status, value = recv.recv()
         except EOFError:
-            raise ToolError(f"its process died (exit status {proc.exitcode})") from None
+            proc.join(1.0)  # the exit status, once it is reaped
+            code = proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            raise ToolError(f"its process died ({how})") from None
     finally:
         recv.close()
         try:

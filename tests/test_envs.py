@@ -84,11 +84,18 @@ def _long():
     return "y" * 1000
 
 
+def _die():
+    os._exit(3)
+
+
 TEST_TOOLS = [
     Tool("boom", "raises", {"type": "object", "properties": {"x": {"type": "integer"}}}, _boom),
     Tool("hang", "never returns", {"type": "object", "properties": {"pidfile": {"type": "string"}}}, _hang),
     Tool("hang_thread", "never returns, in a thread", {"type": "object"}, lambda: time.sleep(3600), isolation="thread"),
     Tool("long", "a long result", {"type": "object"}, _long, isolation="thread"),
+    Tool("die", "its process exits without answering", {"type": "object"}, _die),
+    Tool("nested", "nested arguments", {"type": "object", "properties": {  # recursive: {"xs": [{"xs": [...]}, {"n": 1}]}
+        "xs": {"type": "array", "items": {"$ref": "#"}}, "n": {"type": "integer"}}}, lambda xs: len(xs), isolation="thread"),
 ]
 
 
@@ -206,6 +213,16 @@ def test_each_failure_kind_ends_in_a_defined_turn_result(test_tools, tmp_path):
     for p in (tool_pid, grandchild):
         assert not Path(f"/proc/{p}").exists() or Path(f"/proc/{p}/stat").read_text().split()[2] == "Z", p
     assert multiprocessing.active_children() == []
+
+
+def test_odd_tool_failures_are_results_too(test_tools):
+    assert call_tool(TOOLS["die"], {}, 2.0) == ("error: die: its process died (exit status 3)", "raised")
+    text, kind = call_tool(TOOLS["nested"], {"xs": [{"n": 1}, {"n": "two"}]}, 1.0)
+    assert kind == "bad_arguments" and "xs/1/n" in text
+    deep = {"xs": [{"n": "deep down"}]}  # wrong at the bottom: validation recurses past Python's limit
+    for _ in range(5000):
+        deep = {"xs": [deep]}
+    assert call_tool(TOOLS["nested"], deep, 1.0)[1] == "bad_arguments"
 
 
 def test_thread_tool_past_its_deadline_is_a_timeout(test_tools):
@@ -363,6 +380,11 @@ def test_tool_turn_text_for_the_real_qwen3_template(qwen3_tok, tok):
     assert _check_delta(qwen3_tok, tools) == _check_delta(tok, tools)  # Qwen3's tool results, exactly as ours
     system = qwen3_tok.apply_chat_template([{"role": "user", "content": "q"}], tools=tools, tokenize=False)
     assert "# Tools" in system and json.dumps(tools[0], ensure_ascii=False) in system
+
+
+def test_tool_turn_text_needs_tool_messages(tok):
+    with pytest.raises(ValueError, match="at least one tool message"):
+        tool_turn_text(tok, [])
 
 
 def test_tool_turn_text_refuses_a_template_that_is_not_prefix_consistent(tok):
