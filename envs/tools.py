@@ -109,7 +109,7 @@ def call_tool(tool: Tool, arguments: dict, timeout_s: float) -> tuple[str, str |
         return f"error: {tool.name}: timed out after {timeout_s:g} s", "timeout"
     except ToolError as e:
         return f"error: {tool.name}: {str(e)[:300]}", "raised"
-    except Exception as e:  # the tool's own failure, reported to the model, never a crash of the rollout
+    except (Exception, SystemExit) as e:  # the tool's own failure, reported to the model, never a crash of the rollout
         return f"error: {tool.name}: raised {type(e).__name__}: {str(e)[:200]}", "raised"
 
 
@@ -119,7 +119,7 @@ def _in_thread(tool: Tool, arguments: dict, timeout_s: float):
     def work():
         try:
             box["value"] = tool.fn(**arguments)
-        except BaseException as e:
+        except (Exception, SystemExit) as e:
             box["error"] = e
 
     t = threading.Thread(target=work, name=f"tool-{tool.name}", daemon=True)
