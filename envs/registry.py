@@ -3,7 +3,8 @@
 Plugins are Python entry points in the group ``raypost.envs`` (``name = "package.module:factory"``; the factory
 takes the run's :class:`config.envs.EnvConfig` and returns a fresh :class:`envs.base.Environment`). An installed
 plugin is loaded only when ``env.enable_plugins`` names it: installing a package must not be enough to run its
-code in the rollout (the same rule as rewards/registry.py).
+code in the rollout (the same rule as rewards/registry.py). A plugin with tools of its own can return
+``envs.builtin.ToolEnv(cfg, [envs.tools.Tool(...), ...])``.
 """
 from __future__ import annotations
 

@@ -380,6 +380,12 @@ def test_tool_turn_text_for_the_real_qwen3_template(qwen3_tok, tok):
     assert _check_delta(qwen3_tok, tools) == _check_delta(tok, tools)  # Qwen3's tool results, exactly as ours
     system = qwen3_tok.apply_chat_template([{"role": "user", "content": "q"}], tools=tools, tokenize=False)
     assert "# Tools" in system and json.dumps(tools[0], ensure_ascii=False) in system
+    # what Qwen3 writes for a call (spaces in its JSON) is what the parser reads, and so is our compact form
+    turn = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "37*48"}}}]}
+    text = qwen3_tok.apply_chat_template([{"role": "user", "content": "q"}, turn], tokenize=False)
+    assert '<tool_call>\n{"name": "calculator", "arguments": {"expression": "37*48"}}\n</tool_call>' in text
+    assert [(c.name, c.arguments) for c in parse_tool_calls(text)] == [("calculator", {"expression": "37*48"})]
 
 
 def test_tool_turn_text_needs_tool_messages(tok):
