@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from config.schema import ClusterConfig
@@ -40,11 +43,97 @@ def start_local(attempts: int = 3, **kwargs):
             ray.shutdown()
 
 
+class LocalHead:
+    """A Ray head on this machine, started as ``ray start --head --block`` in a child process: a real cluster with a
+    dashboard and job server on 127.0.0.1 (what ``ray job submit`` talks to), every port picked free (two such
+    clusters on one machine must not share the dashboard agent's fixed default port, 52365: a job server whose
+    agent lost that port has "no available agent to submit job"), its own temp folder, and its life tied to this
+    process (PR_SET_PDEATHSIG: killed outright, this process still takes it down -- its reservation and jobs too)."""
+
+    def __init__(self, num_cpus: float | None = None, num_gpus: float | None = None, timeout_s: float = 120.0):
+        import tempfile
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="raypost-", dir="/tmp")  # short: Ray's socket paths have a limit
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray_cli, "start", "--head", "--block", f"--port={self.port}", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={int(num_cpus)}")
+        if num_gpus is not None:
+            cmd.append(f"--num-gpus={int(num_gpus)}")
+        self.log = Path(self.temp_dir) / "head.log"
+        # Token auth, as the design asks: `ray start` turns it on by default, so this process (and what inherits its
+        # environment: the head, the stage jobs) must too -- with a token, made once in ~/.ray/auth_token. An explicit
+        # RAY_AUTH_MODE=disabled is respected.
+        if not _token_available("RAY_AUTH_TOKEN") and os.environ.get("RAY_AUTH_MODE") != "disabled":
+            subprocess.run([ray_cli, "get-auth-token", "--generate"], check=True, capture_output=True)
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        deadline = time.time() + timeout_s
+        while "Ray runtime started" not in self.log.read_text():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise ClusterError(f"the local Ray head did not start ({self.log}):\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM to ``ray start --block``, which stops every process of the head; SIGKILL to the group after
+        ``timeout_s``."""
+        import shutil
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the head outlives a killed parent; stop() still ends it
+        pass
+
+
+_HEAD: LocalHead | None = None
+
+
+def stop_local_head() -> None:
+    """Stop the head ``connect(..., dashboard=True)`` started here, if any (after ``ray.shutdown``)."""
+    global _HEAD
+    if _HEAD is not None:
+        import ray
+
+        ray.shutdown()
+        _HEAD.stop()
+        _HEAD = None
+
+
 def connect(cfg: ClusterConfig, runtime_env: dict | None = None, dashboard: bool = False):
     """``ray.init`` for ``cfg.address``; returns Ray's context. Idempotent within a process.
 
-    ``dashboard``: a local cluster started here gets a dashboard (and so a job server, for the course's stage jobs)
-    on 127.0.0.1. With ``cfg.reservation`` the process joins the namespace reservations live in (a placement group's
+    ``dashboard``: the local cluster is a ``LocalHead`` -- a head with a dashboard and job server on 127.0.0.1, for
+    the course's stage jobs -- that this process joins and stops at exit (``stop_local_head``). With ``cfg.reservation`` the process joins the namespace reservations live in (a placement group's
     name is looked up in the asking job's namespace).
 
     - 'local': inside `ray job submit` (RAY_ADDRESS is set) join the job's cluster, else start one here;
@@ -64,9 +153,14 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None, dashboard: bool
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
         if ray.is_initialized():
             return ray.get_runtime_context()
-        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=dashboard)
         if dashboard:
-            kwargs["dashboard_host"] = "127.0.0.1"  # loopback only (the design's security stance)
+            import atexit
+
+            global _HEAD
+            _HEAD = LocalHead(cfg.num_cpus, 0 if cfg.device == "cpu" else None)
+            atexit.register(stop_local_head)
+            return ray.init(address=_HEAD.address, **kwargs)
+        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
         if cfg.device == "cpu":
             kwargs["num_gpus"] = 0
         return start_local(**kwargs)

@@ -129,10 +129,10 @@ class StageJobs:
     """The course's stage jobs on one cluster's job server (``ray.job_submission.JobSubmissionClient``, what
     ``ray job submit`` uses): submit, follow the log, record in jobs.json, stop."""
 
-    def __init__(self, dashboard: str, course_dir: Path):
+    def __init__(self, dashboard: str, gcs: str, course_dir: Path):
         from ray.job_submission import JobSubmissionClient
 
-        self.dashboard, self.course_dir = dashboard, course_dir
+        self.dashboard, self.gcs, self.course_dir = dashboard, gcs, course_dir
         self.client = JobSubmissionClient(dashboard)
         self.record_path = course_dir / "jobs.json"
         self.record: dict = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
@@ -159,7 +159,7 @@ class StageJobs:
         """Stop stage jobs an earlier attempt left running (a course killed outright on a persistent cluster): a
         resumed stage must not share its run folder with the one that was cut off."""
         for stage, rec in self.record.items():
-            if rec.get("dashboard") == self.dashboard and rec.get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if rec.get("cluster") == self.gcs and rec.get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
                 print(f"[course] stopping {stage}'s job {rec['job_id']}, left running by an earlier attempt", flush=True)
                 self.stop(rec["job_id"])
 
@@ -167,14 +167,24 @@ class StageJobs:
         """Submit ``cmd`` (run in this repository) as a Ray job, print its log as it comes, wait for its end; the
         job's record (id, status, entrypoint, placement groups of its actors). Raises RunStopped naming the job
         and how to look at it and rerun it when it does not succeed."""
+        from cluster import ClusterError
         from runlog import atomic_write_text
 
         entrypoint = f"cd {shlex.quote(str(REPO))} && {shlex.join(cmd)}"
-        job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env_vars},
-                                        metadata={"course": self.course_dir.name, "stage": stage})
+        deadline = time.time() + 120
+        while True:
+            try:
+                job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env_vars},
+                                                metadata={"course": self.course_dir.name, "stage": stage})
+                break
+            except RuntimeError as e:  # a head that has just started: its job agent registers a moment later
+                if "No available agent" not in str(e) or time.time() > deadline:
+                    raise ClusterError(f"the job server at {self.dashboard} refused stage {stage}: {e}") from None
+                time.sleep(1.0)
         self.running = job_id
         rec = self.record[stage] = {"job_id": job_id, "status": "PENDING", "entrypoint": entrypoint,
-                                    "dashboard": self.dashboard, "log": str(self.course_dir / "jobs" / f"{stage}.log")}
+                                    "dashboard": self.dashboard, "cluster": self.gcs,
+                                    "log": str(self.course_dir / "jobs" / f"{stage}.log")}
         self.save()
         print(f"[course] {stage}: Ray job {job_id} (ray job status/logs/stop {job_id} --address {self.dashboard})",
               flush=True)
@@ -247,6 +257,7 @@ def _stopped(signum, frame):
 
 def main(argv: list[str]) -> dict:
     from cluster import ClusterError, connect
+    from cluster.connect import stop_local_head
     from cluster.reservation import release, reserve
     from evalpanel.suites import load_suites
     from runlog import atomic_write_text
@@ -293,7 +304,7 @@ def main(argv: list[str]) -> dict:
     gcs = ctx.address_info["gcs_address"]
     earlier_res = json.loads((course_dir / "reservation.json").read_text()) \
         if cfg.resume and (course_dir / "reservation.json").exists() else {}
-    jobs = StageJobs(dashboard, course_dir)
+    jobs = StageJobs(dashboard, gcs, course_dir)
     if cfg.resume:
         jobs.stop_leftovers()
     pg, created = reserve(name, bundles, strategy, cfg.cluster.placement_timeout_s)
@@ -315,6 +326,7 @@ def main(argv: list[str]) -> dict:
             release(name)
             print(f"[course] reservation {name!r} released", flush=True)
         signal.signal(signal.SIGTERM, previous)
+        stop_local_head()  # the cluster this course started, if it started one
 
 
 def _stages(cfg: Config, common: list[str], per: dict[str, list[str]], course_dir: Path, suites, jobs: StageJobs,

@@ -65,68 +65,72 @@ def _course(tmp_path, *extra, timeout=900):
                           cwd=str(REPO), capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _session_processes(session_dir: str) -> list[str]:
-    """Ray's own daemons (GCS, raylet) of the cluster whose session folder is ``session_dir``."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if session_dir in cmd and ("gcs_server" in cmd or "raylet" in cmd):
-            out.append(cmd[:80])
-    return out
+def _reservations(address: str) -> str:
+    """What the documented command lists: the live reservations on the cluster at ``address``."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cluster.reservation", "list", f"cluster.address={address}"], cwd=str(REPO),
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
 
 
 def test_course_runs_every_stage_as_a_ray_job_in_one_reservation_killed_and_resumed(tmp_path):
-    """The course killed outright (SIGKILL) while its SFT job runs: nothing stays reserved (its local cluster, the
-    detached reservation and the running job go down with it); ``resume=true`` makes the reservation again and
-    finishes. Every stage ran as a Ray job (ids in summary.json) whose actors all lay in the one reservation, which
-    is released at the end. A stage job that fails is named with its id, log and rerun command, and resuming
-    after it reuses the finished stages and runs only the one that failed."""
+    """On a running cluster (a head started here, as `ray start` would): the course killed outright (SIGKILL) while
+    its SFT job runs leaves the detached reservation (and the job) on the cluster; ``resume=true`` stops the left-
+    over job, reattaches to the same reservation and finishes; after it nothing stays reserved. Every stage ran as a
+    Ray job (ids in summary.json) whose actors all lay in that one reservation. Then, with the course's own local
+    cluster (cluster.address=local): a stage job that fails is named with its id, log and rerun command, and
+    resuming after it reuses the finished stages and runs only the one that failed."""
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
+    from cluster.connect import LocalHead
+
     course = tmp_path / "course"
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "killed.log", "w")
-    p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "course.py"), f"runs_dir={tmp_path}", *ARGV],
-                         cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=env)
+    head = LocalHead(num_cpus=2, num_gpus=0)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None:
-            jobs = json.loads((course / "jobs.json").read_text()) if (course / "jobs.json").exists() else {}
-            if jobs.get("sft", {}).get("status") == "RUNNING":
-                break
-            time.sleep(0.2)
-        assert p.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert jobs.get("sft", {}).get("status") == "RUNNING", "the SFT job never ran"
-    finally:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        log.close()
-    killed = json.loads((course / "reservation.json").read_text())
-    host, port = killed["gcs_address"].rsplit(":", 1)
-    deadline = time.time() + 60
-    while time.time() < deadline and _session_processes(killed["session_dir"]):
-        time.sleep(0.5)
-    assert not _session_processes(killed["session_dir"])  # no cluster left, so no reservation and no job
-    with pytest.raises(OSError):
-        socket.create_connection((host, int(port)), timeout=2).close()
+        log = open(tmp_path / "killed.log", "w")
+        p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "course.py"), f"runs_dir={tmp_path}", *ARGV,
+                              f"cluster.address={head.address}"], cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
+                             env=env)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and p.poll() is None:
+                jobs = json.loads((course / "jobs.json").read_text()) if (course / "jobs.json").exists() else {}
+                if jobs.get("sft", {}).get("status") == "RUNNING":
+                    break
+                time.sleep(0.2)
+            assert p.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert jobs.get("sft", {}).get("status") == "RUNNING", "the SFT job never ran"
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            log.close()
+        killed = json.loads((course / "reservation.json").read_text())
+        assert killed["id"] in _reservations(head.address)  # detached: it outlived the course that made it
 
-    r = _course(tmp_path, "resume=true")
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        r = _course(tmp_path, "resume=true", f"cluster.address={head.address}")
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        assert f"[course] stopping sft's job {jobs['sft']['job_id']}, left running by an earlier attempt" in r.stdout
+        assert "(reattached)" in r.stdout and "[course] reservation 'course-course' released" in r.stdout
+        assert "course-course" not in _reservations(head.address)  # nothing stays reserved
+    finally:
+        head.stop()
     s = json.loads((course / "summary.json").read_text())
     header = (course / "comparison.md").read_text().splitlines()[0]
     assert [c.strip() for c in header.split("|")[2:7]] == ["base", "sft", "dpo", "grpo", "continual"]
     assert all(math.isfinite(st["metrics"]["heldout/perplexity"]) for st in s["stages"].values())
 
-    # One placement group from the first stage to the last: every actor of every stage job lay in the reservation.
+    # One placement group from the first stage to the last -- the one the killed attempt reserved: every actor of
+    # every stage job lay in it.
     res = s["reservation"]
-    assert res["name"] == "course-course" and res["owned"] and res["bundles"] == [{"CPU": 1.25}]
+    assert res["id"] == killed["id"] and res["reattached"] and res["owned"]
+    assert res["name"] == "course-course" and res["bundles"] == [{"CPU": 1.25}]
     for stage in ("sft", "dpo", "grpo", "continual"):
         job = s["jobs"][stage]
         assert job["status"] == "SUCCEEDED" and job["job_id"].startswith("raysubmit_"), job
@@ -134,7 +138,6 @@ def test_course_runs_every_stage_as_a_ray_job_in_one_reservation_killed_and_resu
         assert "cluster.reservation=course-course" in job["entrypoint"]
         assert (course / "jobs" / f"{stage}.log").stat().st_size > 0
     assert s["jobs"]["sft"]["job_id"] != jobs["sft"]["job_id"]  # the cut-off SFT ran again, as a new job
-    assert "[course] reservation 'course-course' released" in r.stdout
 
     def stage_cfg(name):
         return json.loads((course / name / "config.json").read_text())
@@ -159,6 +162,8 @@ def test_course_runs_every_stage_as_a_ray_job_in_one_reservation_killed_and_resu
     assert "/nonexistent/model" in bad.stderr and "ray job logs raysubmit_" in bad.stderr
     assert "Re-run the stage alone" in bad.stderr and "pipelines/continual.py" in bad.stderr
     assert "[course] reservation 'course-course' released" in bad.stdout
+    own = json.loads((course / "reservation.json").read_text())  # the course's own head this time, gone with it
+    assert own["gcs_address"] != killed["gcs_address"] and not Path(own["session_dir"]).exists()
 
     # Resumed again: the three finished stages are reused (not run again), the continual stage starts again over
     # what it left, and the table is rebuilt.
