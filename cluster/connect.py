@@ -174,6 +174,13 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None, dashboard: bool
             except OSError as e:
                 raise ClusterError(f"cannot reach the Ray head at {host}:{port} ({e.strerror or e}); check cluster.address, "
                                    "that the head is running (`ray status`) and that the port is open") from None
+        if "RAY_AUTH_MODE" not in os.environ and _token_available(cfg.auth_token_env):
+            # A head started with `ray start` runs token auth by default; a client with the token uses it (Ray's own
+            # rule for a local cluster), else every call is "Authentication token is missing".
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available)
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         if os.environ.get("RAY_AUTH_MODE") == "token" and not _token_available(cfg.auth_token_env):
             raise ClusterError(f"RAY_AUTH_MODE=token but no token: set {cfg.auth_token_env} to the cluster's token "
                                "(on the head: `ray get-auth-token`) or put it in ~/.ray/auth_token")

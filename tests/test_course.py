@@ -91,8 +91,8 @@ def test_course_runs_every_stage_as_a_ray_job_in_one_reservation_killed_and_resu
     from cluster.connect import LocalHead
 
     course = tmp_path / "course"
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     head = LocalHead(num_cpus=2, num_gpus=0)
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     try:
         log = open(tmp_path / "killed.log", "w")
         p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "course.py"), f"runs_dir={tmp_path}", *ARGV,
