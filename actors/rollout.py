@@ -156,6 +156,23 @@ class RolloutEngine:
         return {"adapter_version": self.adapter_version, "samples": samples,
                 "prompt_token_ids": [list(o.prompt_token_ids) for o in outs], "seconds": time.time() - t0, "tokens": ntok}
 
+    def generate_episodes(self, rows: list[dict], env_cfg, n: int = 1, max_tokens: int | None = None,
+                          temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> dict:
+        """Multi-turn, tool-using trajectories for ``rows`` (``n`` each) in the environment ``env_cfg`` names
+        (actors/multiturn.py): token ids in and out, tool results appended as tokens, every trajectory's next turn in
+        one batched call. ``max_tokens`` caps one turn (env_cfg.max_tokens the whole trajectory). Same result shape
+        as :meth:`generate`, each sample with its ``loss_mask`` and tool-use counts."""
+        from actors.multiturn import run_episodes
+
+        c = self.cfg
+        temperature = c.temperature if temperature is None else temperature
+        self._ensure_awake()
+        t0 = time.time()
+        out = run_episodes(self.llm, self.tokenizer, rows, n, env_cfg,
+                           {"max_tokens": max_tokens or c.max_new_tokens, "temperature": temperature,
+                            "top_p": c.top_p if top_p is None else top_p}, seed, self.adapter_version, self._lora)
+        return {**out, "seconds": time.time() - t0}
+
     def prompt_logprobs(self, token_ids: list[list[int]]) -> dict:
         """log p(x_t | x_<t) for t = 1..L-1 of each sequence under the served weights (the sync probe).
 
@@ -250,6 +267,15 @@ class EnginePool:
             return self.actors[0].generate.remote(prompts, n=n, seed=seed, **kw)
         refs = [a.generate.remote(prompts[lo:hi], n=n, seed=None if seed is None else seed + lo * n, **kw)
                 for a, (lo, hi) in zip(self.actors, shares(len(prompts), len(self.actors)))]
+        return _merge_generations.remote(*refs)
+
+    def generate_episodes(self, rows: list[dict], env_cfg, n: int = 1, seed: int | None = None, **kw):
+        """:meth:`RolloutEngine.generate_episodes` over the engines, rows shared out as :meth:`generate` shares
+        prompts (each trajectory keeps its seed)."""
+        if len(self.actors) == 1:
+            return self.actors[0].generate_episodes.remote(rows, env_cfg, n=n, seed=seed, **kw)
+        refs = [a.generate_episodes.remote(rows[lo:hi], env_cfg, n=n, seed=None if seed is None else seed + lo * n, **kw)
+                for a, (lo, hi) in zip(self.actors, shares(len(rows), len(self.actors)))]
         return _merge_generations.remote(*refs)
 
     def sleep(self) -> None:

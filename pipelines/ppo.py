@@ -141,11 +141,13 @@ def main(argv: list[str]) -> dict:
             ptx_batch = {"input_ids": [r["input_ids"] for r in pick], "labels": [r["labels"] for r in pick]}
         stats = get(learner.step.remote(prompt_ids, completion_ids, [sc["rewards"][i] for i in keep],
                                         [i // n for i in keep], behaviour_logprobs=[s["logprobs"] for s in samples],
-                                        values=values, ptx=ptx_batch), "learner", cfg, f"step {step}", run.ckpt)
+                                        values=values, ptx=ptx_batch, loss_masks=run.loss_masks(samples)),
+                    "learner", cfg, f"step {step}", run.ckpt)
 
         # 5. critic: fit the GAE returns (queued on the critic actor; it runs while the weights sync)
         t0 = time.time()
-        critic_ref = critic.update.remote(prompt_ids, completion_ids, stats.pop("returns"), values)
+        critic_ref = critic.update.remote(prompt_ids, completion_ids, stats.pop("returns"), values,
+                                          run.loss_masks(samples))
 
         # 6. sync: move the new weights, check that the engines now serve them, launch what may use them
         sync = run.after_update()

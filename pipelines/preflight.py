@@ -94,27 +94,30 @@ def check_rl_inputs(cfg, rows: list[dict]) -> None:
 
 
 def fit_rl_prompts(cfg, encode, train_rows: list[dict], heldout_rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """:func:`fit_prompts` on the training and held-out rows of an RL stage; ``encode(rows)`` gives their token ids."""
+    """:func:`fit_prompts` on the training and held-out rows of an RL stage; ``encode(rows)`` gives their token ids.
+    A multi-turn stage (env.name set) needs room for a whole trajectory (env.max_tokens) after the prompt."""
+    new_tokens = cfg.env.max_tokens if cfg.env.name else cfg.rollout.max_new_tokens
     fit = lambda key, rows: fit_prompts(key, encode(rows), rows, cfg.rollout.max_model_len,  # noqa: E731
-                                        cfg.rollout.max_new_tokens, cfg.data.too_long)[1]
+                                        new_tokens, cfg.data.too_long,
+                                        "env.max_tokens" if cfg.env.name else "rollout.max_new_tokens")[1]
     return fit("data.train", train_rows), fit("data.heldout", heldout_rows)
 
 
 def fit_prompts(key: str, prompt_ids: list[list[int]], rows: list[dict], max_model_len: int, max_new_tokens: int,
-                too_long: str) -> tuple[list[list[int]], list[dict]]:
+                too_long: str, new_key: str = "rollout.max_new_tokens") -> tuple[list[list[int]], list[dict]]:
     """Prompts whose tokens plus ``max_new_tokens`` exceed ``max_model_len`` (the engine would refuse them at the
     first generate): dropped with a warning and a count (``data.too_long=drop``), or refused (``error``).
     Returns the kept (prompt_ids, rows)."""
     limit = max_model_len - max_new_tokens
     if limit < 1:
-        raise ConfigError(f"rollout.max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                          f"rollout.max_model_len={max_model_len}; raise max_model_len or lower max_new_tokens")
+        raise ConfigError(f"{new_key}={max_new_tokens} leaves no room for a prompt in "
+                          f"rollout.max_model_len={max_model_len}; raise rollout.max_model_len or lower {new_key}")
     over = [i for i, p in enumerate(prompt_ids) if len(p) > limit]
     if not over:
         return prompt_ids, rows
     longest = max(len(prompt_ids[i]) for i in over)
     what = (f"{key}: {len(over)} of {len(rows)} prompts are longer than {limit} tokens (rollout.max_model_len="
-            f"{max_model_len} minus rollout.max_new_tokens={max_new_tokens}; the longest has {longest}, the first is "
+            f"{max_model_len} minus {new_key}={max_new_tokens}; the longest has {longest}, the first is "
             f"row {over[0] + 1})")
     if len(over) == len(rows):
         raise ConfigError(what + "; every prompt would be dropped: raise rollout.max_model_len or shorten the prompts")

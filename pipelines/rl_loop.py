@@ -22,6 +22,7 @@ from typing import Callable
 
 import ray
 
+from actors.multiturn import tool_metrics
 from actors.reward import RewardPool
 from actors.rollout import EnginePool
 from actors.sync import SyncVerifier
@@ -40,9 +41,11 @@ class RunError(RunStopped):
 
 
 # -- data and model ------------------------------------------------------------------------------------------
-def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
+def encode_prompts(tok, rows: list[dict], tools: list[dict] | None = None) -> list[list[int]]:
+    """Token ids of the rows' prompts (chat messages through the template, with ``tools`` offered if given)."""
     texts = [r["prompt"] if isinstance(r["prompt"], str) else
-             tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+             tok.apply_chat_template(r["prompt"], tools=tools or None, tokenize=False, add_generation_prompt=True)
+             for r in rows]
     return [tok(t, add_special_tokens=False).input_ids for t in texts]
 
 
@@ -67,9 +70,15 @@ class RLData:
         check_rl_inputs(cfg, train_rows + heldout_rows)
         if extra_checks is not None:
             extra_checks()
+        tools = None
+        if cfg.env.name:  # an unknown environment or tool is named here, before the model or the cluster
+            from envs.registry import make_env
+
+            tools = make_env(cfg.env).tools
         model_path = prepare_model(cfg)
         tok = load_tokenizer(model_path)
-        train_rows, heldout_rows = fit_rl_prompts(cfg, lambda rows: encode_prompts(tok, rows), train_rows, heldout_rows)
+        train_rows, heldout_rows = fit_rl_prompts(cfg, lambda rows: encode_prompts(tok, rows, tools), train_rows,
+                                                  heldout_rows)
         order = list(range(len(train_rows)))
         random.Random(cfg.seed).shuffle(order)
         heldout_ids = encode_prompts(tok, heldout_rows)
@@ -154,8 +163,12 @@ class Rollouts:
         if (step, k) in self.inflight or step >= self.cfg.train.steps:
             return
         rows = self.rows(step, k)
-        seed = (self.cfg.seed * 100003 + step * self.R + k) << 20  # the engine adds prompt and sample offsets
-        self.inflight[(step, k)] = (rows, self.engines.generate(encode_prompts(self.data.tok, rows), n=self.n, seed=seed))
+        seed = (self.cfg.seed * 100003 + step * self.R + k) << 20  # the engine adds prompt, sample (and turn) offsets
+        if self.cfg.env.name:  # multi-turn: the engines run the environment's turns (actors/multiturn.py)
+            ref = self.engines.generate_episodes(rows, self.cfg.env, n=self.n, seed=seed)
+        else:
+            ref = self.engines.generate(encode_prompts(self.data.tok, rows), n=self.n, seed=seed)
+        self.inflight[(step, k)] = (rows, ref)
 
     def refill(self, version: int) -> None:
         """The engines now serve ``version``: launch every batch that may use it (up to step version + k)."""
@@ -195,6 +208,18 @@ def mask_failed(sc: dict, n: int, cfg: Config, step: int, min_group: int = 1) ->
     return keep, {"reward/failed_items": failed, "reward/masked_items": len(valid) - len(keep)}
 
 
+def _reward_by_tool_use(samples: list[dict], rewards: list) -> dict:
+    """Mean reward of the multi-turn samples that called a tool and of those that did not (judged items only)."""
+    if not samples or "tool_calls" not in samples[0]:
+        return {}
+    out = {}
+    for key, used in (("reward/with_tool", True), ("reward/without_tool", False)):
+        rs = [r for s, r in zip(samples, rewards) if r is not None and (s["tool_calls"] > 0) == used]
+        if rs:
+            out[key] = sum(rs) / len(rs)
+    return out
+
+
 # -- one run ---------------------------------------------------------------------------------------------------------
 @dataclass
 class RLRun:
@@ -217,6 +242,7 @@ class RLRun:
     ckpt: Path | None = None
     last_sync: dict = field(default_factory=dict)
     sync_mode: str = "lora"
+    held_start_no_tools: float | None = None
 
     @classmethod
     def start(cls, cfg: Config, algo, name: str, make_learners: Callable, load_state: Callable[[str], None],
@@ -271,8 +297,10 @@ class RLRun:
         holder["run"] = run
         run.sync()
         run.held_start = run.heldout_reward()
+        run.held_start_no_tools = run.heldout_reward(without_tools=True) if cfg.env.name else None
         if ckpt is not None:
             run.held_start = read_meta(ckpt).get("heldout_reward_start", run.held_start)
+            run.held_start_no_tools = read_meta(ckpt).get("heldout_reward_start_without_tools", run.held_start_no_tools)
         print(f"[{name}] {plan.describe()}; weights to the engines: {mode} ({dtype}); sync noise floor "
               f"{calibration['sync/floor_mean']:.3g} (tolerance {calibration['sync/tolerance']:.3g}); "
               f"max staleness {cfg.train.max_staleness}; held-out reward at start {run.held_start:.3f}", flush=True)
@@ -296,7 +324,17 @@ class RLRun:
             bar.close()
 
     def score(self, batch_rows: list[dict], samples: list[dict], n: int) -> dict:
-        return get(self._score_ref(batch_rows, samples, n), "reward", self.cfg, "score", self.ckpt)
+        """Rewards of the samples (None where no scorer could judge one); a multi-turn sample's per-turn shaping
+        (env.shaping: valid calls, tool errors) is added to its outcome reward."""
+        sc = get(self._score_ref(batch_rows, samples, n), "reward", self.cfg, "score", self.ckpt)
+        if any("shaping" in s for s in samples):
+            sc["rewards"] = [r if r is None else r + s.get("shaping", 0.0) for r, s in zip(sc["rewards"], samples)]
+        return sc
+
+    @staticmethod
+    def loss_masks(samples: list[dict]) -> list[list[int]] | None:
+        """The model-sampled tokens of multi-turn samples (tool results 0), or None for single-turn ones."""
+        return [s["loss_mask"] for s in samples] if samples and "loss_mask" in samples[0] else None
 
     def _score_ref(self, rows, samples, n):
         prompts = [str(r["prompt"]) for r in rows for _ in range(n)]
@@ -314,12 +352,19 @@ class RLRun:
         self.rollouts.refill(sync["adapter_version"])
         return sync
 
-    def heldout_reward(self) -> float:
+    def heldout_reward(self, without_tools: bool = False) -> float:
         """Mean reward of greedy answers to the held-out prompts under the engines' current weights (items that
-        could not be judged left out)."""
-        d = self.data
-        gen = get(self.engines.generate(d.heldout_ids, n=1, max_tokens=self.cfg.rollout.max_new_tokens,
-                                        temperature=0.0), "rollout", self.cfg, "held-out generate", self.ckpt)
+        could not be judged left out). Multi-turn (env.name set): whole greedy trajectories, outcome reward only;
+        ``without_tools``: the same task with no tool offered (env.tools=[none])."""
+        d, cfg = self.data, self.cfg
+        if cfg.env.name:
+            from dataclasses import replace
+
+            env = replace(cfg.env, tools=["none"]) if without_tools else cfg.env
+            ref = self.engines.generate_episodes(d.heldout_rows, env, n=1, temperature=0.0)
+        else:
+            ref = self.engines.generate(d.heldout_ids, n=1, max_tokens=cfg.rollout.max_new_tokens, temperature=0.0)
+        gen = get(ref, "rollout", cfg, "held-out generate", self.ckpt)
         texts = [g[0]["text"] for g in gen["samples"]]
         sc = get(self.reward.score_ref([str(r["prompt"]) for r in d.heldout_rows], texts,
                                        [r["answer"] for r in d.heldout_rows]), "reward", self.cfg, "held-out score")
@@ -348,6 +393,7 @@ class RLRun:
             "rollout/adapter_version": batch.gen["adapter_version"],
             "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
             **{k: v for k, v in stats.items() if k.startswith("rollout_corr/")},
+            **tool_metrics(samples), **_reward_by_tool_use(samples, sc["rewards"]),
         }
 
     def log_step(self, step: int, row: dict, postfix: dict | None = None) -> None:
@@ -360,13 +406,18 @@ class RLRun:
     def checkpoint(self, step: int) -> Path:
         self.ckpt = save_checkpoint(self.run_dir / "checkpoints", step, self.save_state,
                                     {"data_pos": step * self.cfg.train.prompts_per_step,
-                                     "heldout_reward_start": self.held_start}, self.cfg.checkpoint.keep)
+                                     "heldout_reward_start": self.held_start,
+                                     "heldout_reward_start_without_tools": self.held_start_no_tools},
+                                    self.cfg.checkpoint.keep)
         return self.ckpt
 
     def finish(self, extra: dict, plot_keys: list[str], title: str) -> dict:
         """Held-out score at the end, the last checkpoint, summary.json (with the staleness distribution), plot.
         Nothing is in flight here: no batch past train.steps is ever launched."""
         held_end = self.heldout_reward()
+        if self.cfg.env.name:  # what the tools are worth: the same model on the same task, no tool offered
+            extra = {"heldout_reward_end_without_tools": self.heldout_reward(without_tools=True),
+                     "heldout_reward_start_without_tools": self.held_start_no_tools, **extra}
         self.checkpoint(self.cfg.train.steps)
         rows = self.log.read()
         lags = self.rollouts.staleness
