@@ -67,8 +67,13 @@ def load_prompts(spec: str, prompt_field: str = "prompt", answer_field: str = "a
     """Rows ``{"prompt": str | messages, "answer": any}``; invalid rows are logged with their position and dropped."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
+        if name in ("calculator", "python"):  # tasks that need a tool (env.name=calculator / python)
+            from tasks.tools import make_rows as tool_rows
+
+            return tool_rows(n_builtin, seed=seed, heldout=heldout, tool=name)
         if name != "arithmetic":
-            raise DatasetError(f"unknown builtin dataset {spec!r}; available: builtin:arithmetic")
+            raise DatasetError(f"unknown builtin dataset {spec!r}; available: builtin:arithmetic, builtin:calculator, "
+                               "builtin:python")
         from tasks.arithmetic import make_rows
 
         return make_rows(n_builtin, seed=seed, heldout=heldout)
