@@ -327,13 +327,16 @@ def test_template_keeps_chats_without_tools_byte_identical(tok, chat):
 
 def test_template_renders_tools_tool_calls_and_tool_messages(tok):
     tools = make_env(EnvConfig(name="calculator")).tools
-    schema = json.dumps(tools[0], separators=(",", ":"))
     user = {"role": "user", "content": "What is 37*48?"}
     alone = tok.apply_chat_template([user], tools=tools, tokenize=False, add_generation_prompt=True)
-    assert alone.startswith(f"<|im_start|>system\n# Tools\n<tools>\n{schema}\n</tools>\nCall a function as:\n<tool_call>\n")
-    assert alone.endswith("</tool_call><|im_end|>\n<|im_start|>user\nWhat is 37*48?<|im_end|>\n<|im_start|>assistant\n")
+    # the tiny models' terse tools block: each tool's name and parameters, one per line
+    assert alone == ("<|im_start|>system\n# Tools\ncalculator(expression)<|im_end|>\n"
+                     "<|im_start|>user\nWhat is 37*48?<|im_end|>\n<|im_start|>assistant\n")
+    two = tok.apply_chat_template([user], tools=make_env(EnvConfig(name="calculator", tools=["calculator", "python"])).tools,
+                                  tokenize=False)
+    assert two.startswith("<|im_start|>system\n# Tools\ncalculator(expression)\npython(code)<|im_end|>\n")
     merged = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, user], tools=tools, tokenize=False)
-    assert merged.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n<tools>\n") and merged.count("<|im_start|>system") == 1
+    assert merged.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n") and merged.count("<|im_start|>system") == 1
 
     field = {"role": "assistant", "content": None, "tool_calls": [
         {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "37*48"}}},

@@ -20,8 +20,10 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, with {% generation %} marks around assistant content so that
 # `apply_chat_template(..., return_assistant_tokens_mask=True)` derives the assistant-only loss mask
 # from the template itself. Tools as Qwen3 renders them (see envs/), more tersely, for tiny models:
-# - `tools=[...]` (OpenAI function definitions): a system block first, merged into the first system message if any:
-#   "# Tools\n<tools>\n{one compact JSON per line}\n</tools>\nCall a function as:\n<tool_call>\n{...}\n</tool_call>";
+# - `tools=[...]` (OpenAI function definitions): a system block first, merged into the first system message if any,
+#   one line per tool, its name and parameters: "# Tools\ncalculator(expression)". Qwen3 writes each tool's whole
+#   JSON schema there; at 512 positions and a 512-token vocabulary that was 264 of a 300-token prompt, so the tiny
+#   models see the names only (the warm start teaches them the call format);
 # - an assistant message's OpenAI `tool_calls`: `<tool_call>\n{"name":...,"arguments":...}\n</tool_call>` blocks
 #   after its content (compact JSON, as envs.tool_calls.format_tool_call writes them), inside the generation marks;
 # - consecutive `tool` messages: one user turn of `\n<tool_response>\n{content}\n</tool_response>` parts.
@@ -30,10 +32,11 @@ CHAT_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' + (tool | tojson(separators=(',', ':'))) }}{%- endfor %}"
-    "{{- '\\n</tools>\\nCall a function as:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
-    "\\n</tool_call><|im_end|>\\n' }}"
+    "{{- '# Tools' }}"
+    "{%- for tool in tools %}{%- set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{%- set props = f['parameters']['properties'] if f['parameters'] is defined and f['parameters']['properties'] is defined else {} %}"
+    "{{- '\\n' + f['name'] + '(' + (props | list | join(',')) + ')' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if tools and loop.first and message['role'] == 'system' %}"
