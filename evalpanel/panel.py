@@ -116,6 +116,8 @@ def run_panel(model_path: str | os.PathLike, adapter_path: str | os.PathLike | N
                 _perplexity(suite, scoring, cfg, res)
             elif kind in ("generate", "pass_at_k"):
                 _generate_and_score(suite, engine, version, cfg, res, tok)
+                if suite.spec.without_tools:  # the same suite with no tool offered: what the tools are worth
+                    _generate_and_score(suite, engine, version, cfg, res, tok, without_tools=True)
             elif kind == "win_rate":
                 if judge is None and cfg.judge != "none":
                     judge = make_judge(cfg, model_path)
@@ -148,12 +150,22 @@ def _render(engine_prompts: list, tokenizer) -> list[str]:
             for p in engine_prompts]
 
 
-def _sample(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok) -> tuple[list, list[str], list[list[dict]]]:
+def _sample(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok,
+            without_tools: bool = False) -> tuple[list, list[str], list[list[dict]]]:
     s = suite.spec
     prompts = [prompt_of(r) for r in suite.rows]
     texts = _render(prompts, tok)
-    out = _call(engine, "generate", texts, n=s.n_samples, max_tokens=s.max_new_tokens or cfg.max_new_tokens,
-                temperature=s.temperature, stop=s.stop or None, seed=cfg.seed if s.temperature > 0 else None)
+    seed = cfg.seed if s.temperature > 0 else None
+    if s.env:  # tool use: whole trajectories in the suite's environment (actors/multiturn.py), final answers scored
+        from dataclasses import replace
+
+        env = replace(s.env_config, tools=["none"]) if without_tools else s.env_config
+        out = _call(engine, "generate_episodes", [{**r, "prompt": p} for r, p in zip(suite.rows, prompts)], env,
+                    n=s.n_samples, max_tokens=s.max_new_tokens or cfg.max_new_tokens, temperature=s.temperature,
+                    seed=seed)
+    else:
+        out = _call(engine, "generate", texts, n=s.n_samples, max_tokens=s.max_new_tokens or cfg.max_new_tokens,
+                    temperature=s.temperature, stop=s.stop or None, seed=seed)
     if out["adapter_version"] != version:
         # The design's rule: never report numbers from weights other than the ones named.
         raise RuntimeError(f"suite {suite.name}: the engine sampled with adapter version {out['adapter_version']}, "
@@ -162,19 +174,29 @@ def _sample(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok)
     flat = [g for group in groups for g in group]
     ls = metrics.length_stats(torch.tensor([len(g["token_ids"]) for g in flat]),
                               torch.tensor([g["finish_reason"] == "length" for g in flat]))
+    tail = "_no_tools" if without_tools else ""
     for k in ("mean", "p90"):
-        res["metrics"][f"{suite.name}/len_{k}"] = ls[k]
-    res["metrics"][f"{suite.name}/truncated"] = ls["truncated"]
-    res["samples"][suite.name] = [{"prompt": t[-300:], "answer": g[0]["text"]} for t, g in zip(texts, groups)][:cfg.keep_samples]
+        res["metrics"][f"{suite.name}/len_{k}{tail}"] = ls[k]
+    res["metrics"][f"{suite.name}/truncated{tail}"] = ls["truncated"]
+    if s.env:
+        from actors.multiturn import tool_metrics
+
+        for k, v in tool_metrics(flat).items():
+            res["metrics"][f"{suite.name}/{k.split('/', 1)[1].replace('/', '_')}{tail}"] = v
+    if not without_tools:
+        res["samples"][suite.name] = [{"prompt": t[-300:], "answer": g[0]["text"]}
+                                      for t, g in zip(texts, groups)][:cfg.keep_samples]
     return prompts, texts, groups
 
 
-def _generate_and_score(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok) -> None:
+def _generate_and_score(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok,
+                        without_tools: bool = False) -> None:
     from rewards.base import Item
     from rewards.registry import make_scorer
 
     s = suite.spec
-    _, texts, groups = _sample(suite, engine, version, cfg, res, tok)
+    _, texts, groups = _sample(suite, engine, version, cfg, res, tok, without_tools)
+    tail = "_no_tools" if without_tools else ""
     metric_names = list(s.scorers) if s.kind == "generate" else list(s.scorers)[:1]
     for metric in metric_names:
         spec = s.scorers[metric]
@@ -194,8 +216,8 @@ def _generate_and_score(suite: Suite, engine, version: int, cfg: EvalConfig, res
             log.warning("suite %s, %s: %s", suite.name, metric, res["notes"][f"{suite.name}/{metric}"])
         scores = torch.tensor([r.score if r.score is not None else 0.0 for r in results], dtype=torch.float64)
         if s.kind == "generate":
-            _put(res, f"{suite.name}/{metric}", metrics.rate(scores))
-            res["direction"][f"{suite.name}/{metric}"] = 1  # a scorer's score is a reward: higher is better
+            _put(res, f"{suite.name}/{metric}{tail}", metrics.rate(scores))
+            res["direction"][f"{suite.name}/{metric}{tail}"] = 1  # a scorer's score is a reward: higher is better
             continue
         # pass@k: a sample passes when the scorer gives it full marks.
         correct = (scores.view(len(groups), s.n_samples) >= 1.0).sum(1)

@@ -61,6 +61,13 @@ class SuiteSpec:
     """Stop strings."""
     limit: int = 0
     """Rows used (0: all, capped by eval.limit)."""
+    env: dict[str, Any] = field(default_factory=dict)
+    """A tool-use suite: the environment its answers are produced in, as ``env.*`` keys (config/envs.py: name,
+    tools, max_turns, max_tokens, ...); the scorers then score each trajectory's final answer, and the suite also
+    reports turns, tool-call validity, tool errors and the share of answers that used a tool. {} = one turn."""
+    without_tools: bool = False
+    """A tool-use suite: run it a second time with no tool offered and report every metric ``<metric>_no_tools``
+    too (what the tools are worth to this model)."""
 
     def __post_init__(self):
         check(self.n_samples >= 1, "n_samples", "must be >= 1")
@@ -74,6 +81,13 @@ class SuiteSpec:
             check(self.temperature > 0, "temperature", "pass_at_k samples need temperature > 0 (greedy gives n copies)")
         else:
             check(self.temperature > 0 or self.n_samples == 1, "n_samples", "greedy decoding (temperature 0) needs n_samples=1")
+        if self.env:
+            from config.envs import EnvConfig
+
+            check(self.kind == "generate", "env", f"a tool-use suite is kind: generate, not {self.kind}")
+            self.env_config = from_dict(EnvConfig, self.env, "env.")
+            check(bool(self.env_config.name), "env.name", "a tool-use suite names its environment (e.g. calculator)")
+        check(not self.without_tools or bool(self.env), "without_tools", "needs env (a tool-use suite)")
 
 
 @dataclass
