@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The packages the project installs (pyproject.toml, [tool.setuptools.packages.find]).
 PACKAGES = ("config", "cluster", "actors", "rewards", "learners", "pipelines", "tinymodels", "runlog",
-            "tasks", "datapipe", "evalpanel", "llm_continual", "classic_rl", "continual", "bench")
+            "tasks", "datapipe", "evalpanel", "llm_continual", "classic_rl", "continual", "bench", "envs")
 
 
 def module_name(path: Path) -> str:
@@ -129,3 +129,13 @@ def test_no_import_cycle():
     found = cycles(import_graph())
     assert found == [], "import cycles between our modules (break each by moving what both sides need " \
                         "to a module both can import):\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_environments_stand_on_config_and_rewards_only():
+    """DESIGN.md: envs/ (multi-turn environments, tools) may import rewards (the sandbox) and config, nothing else of
+    ours -- the rollout role imports it, so it must not reach back into actors, learners or pipelines."""
+    graph = import_graph()
+    envs = {m: deps for m, deps in graph.items() if m == "envs" or m.startswith("envs.")}
+    assert "envs.registry" in envs
+    bad = {m: sorted(d for d in deps if d.split(".")[0] not in ("envs", "config", "rewards")) for m, deps in envs.items()}
+    assert not any(bad.values()), bad
