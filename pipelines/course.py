@@ -3,7 +3,7 @@ and the evaluation panel's table after every stage.
 
     python pipelines/course.py run_name=course eval.suites=[heldout,arithmetic]
     python pipelines/course.py run_name=course sft:sft.steps=100 dpo:train.steps=40 grpo:train.steps=20
-    python pipelines/course.py run_name=course cluster.address=10.0.0.5:6379      # a running cluster
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/course.py runs_dir=/mnt/runs
 
 Overrides: ``key=value`` goes to every stage; ``STAGE:key=value`` (STAGE = sft, dpo, grpo, continual) to that
 stage only (the stages read ``train.steps`` differently, for one).
@@ -13,7 +13,8 @@ placement group for the whole run (``cluster.reservation``, default ``course-<ru
 then submits each stage through Ray's job API -- ``python pipelines/<stage>.py ... cluster.address=<this cluster>
 cluster.reservation=<name>``, run in this repository on the cluster's node -- and waits on it, so every stage has a
 job id, logs and a status (``ray job status/logs/stop``, the dashboard), and its actors land in the reservation's
-bundles: no stage loses its devices to another job between stages. The reservation holds, bundle by bundle, the
+bundles: no stage loses its devices to another job between stages. (The stage jobs run on the head, in this
+repository's folder there: on a cluster, submit the course itself as a job, as above.) The reservation holds, bundle by bundle, the
 most that any stage's plan asks (in colocate mode: one bundle, every role's share -- the RL stage's plan); a stage
 that does not fit is refused before its actors start. It is released when the course ends, fails or is stopped
 (Ctrl-C, SIGTERM, ``ray job stop`` of the course); a course killed outright leaves it on a persistent cluster until
