@@ -8,11 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+from config.loader import RunStopped
 from config.schema import ClusterConfig
 
+NAMESPACE = "raypost"
+"""The Ray namespace every process that uses a reservation joins (cluster/reservation.py): placement-group names are
+looked up per namespace."""
 
-class ClusterError(RuntimeError):
-    """The cluster cannot be used as configured; the message says what to change."""
+
+class ClusterError(RunStopped):
+    """The cluster cannot be used as configured; the message says what to change (``run_cli`` prints it without a
+    traceback, as ``run stopped: ...``)."""
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -147,8 +153,6 @@ def connect(cfg: ClusterConfig, runtime_env: dict | None = None, dashboard: bool
     address = cfg.address
     kwargs: dict = {"runtime_env": runtime_env, "logging_level": "WARNING", "log_to_driver": True}
     if cfg.reservation:
-        from cluster.reservation import NAMESPACE
-
         kwargs["namespace"] = NAMESPACE
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
         if ray.is_initialized():

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sys
 
-NAMESPACE = "raypost"
+from cluster.connect import NAMESPACE  # noqa: F401  (one namespace for every process that reserves)
+
 _ATTACHED: set[str] = set()  # ids (hex) of reserved groups this process attached to: never removed by a stage
 
 
