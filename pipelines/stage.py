@@ -68,15 +68,16 @@ def prepare_model(cfg: Config, warm_start: bool = True) -> str:
         path = train_warm_start(path, make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000), solution,
                                 cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed)
     elif warm_start and cfg.data.warm_start_steps and cfg.data.train in ("builtin:calculator", "builtin:python"):
-        # Tool use: a few tool-using transcripts (call, the tool's real result, the answer) teach the format, so that
-        # RL has room to climb; the prompts offer the tools the run's environment offers.
+        # Tool use: tool-using transcripts (call, the tool's real result, the answer) teach the format; half the rows
+        # are answered straight away instead, so the warmed-up model calls the tool on some prompts only and RL has
+        # room to climb (tasks/tools.py: warm_start_transcript). The prompts offer the run's environment's tools.
         from envs.registry import make_env
         from tasks import tools as tool_tasks
         from tasks.warm_start import warm_start as train_warm_start
 
         tool = cfg.data.train.split(":", 1)[1]
         rows = tool_tasks.make_rows(cfg.data.builtin_size, seed=cfg.model.model_seed + 1000, tool=tool)
-        path = train_warm_start(path, rows, lambda r: tool_tasks.transcript(r, tool=tool)[len(r["prompt"]):],
+        path = train_warm_start(path, rows, lambda r: tool_tasks.warm_start_transcript(r, tool)[len(r["prompt"]):],
                                 cfg.data.warm_start_steps, Path(cfg.cache_dir) / "warm", seed=cfg.model.model_seed,
                                 tools=make_env(cfg.env).tools if cfg.env.name else None)
     return str(path)

@@ -72,3 +72,16 @@ def transcript(row: dict, tool: str = "calculator") -> list[dict]:
             {"role": "assistant", "content": format_tool_call(call["name"], call["arguments"])},
             {"role": "tool", "name": tool, "content": result},
             {"role": "assistant", "content": json.dumps({"answer": row["answer"]})}]
+
+
+def warm_start_transcript(row: dict, tool: str = "calculator", direct_frac: float = 0.5) -> list[dict]:
+    """A warm start's conversation for ``row``: the tool-using :func:`transcript`, or -- for a ``direct_frac`` share
+    of the rows, chosen by a hash of the prompt -- the answer given straight away (the right one: the data is
+    correct, but a tiny model cannot compute it without the tool). The warmed-up model then answers some prompts from
+    its own head, mostly wrongly, and calls the tool on others: RL has a decision to learn (call the tool), with a
+    large difference in reward between the two, besides the copying of numbers."""
+    import zlib
+
+    if zlib.crc32(json.dumps(row["prompt"]).encode()) % 1000 < direct_frac * 1000:
+        return [*row["prompt"], {"role": "assistant", "content": json.dumps({"answer": row["answer"]})}]
+    return transcript(row, tool)
