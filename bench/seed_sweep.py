@@ -38,7 +38,10 @@ def run(seed: int, args, extra: list[str]) -> dict:
     return {"seed": seed, "start": round(s["heldout_reward_start"], 4), "end": round(s["heldout_reward_end"], 4),
             "gain": round(s["heldout_reward_end"] - s["heldout_reward_start"], 4),
             "train_first": round(sum(r[:k]) / k, 4), "train_last": round(sum(r[-k:]) / k, 4),
-            "kl_max": round(max(row.get("actor/kl_loss", row.get("actor/kl_reward", 0.0)) for row in rows), 4), "s_per_step": round(s["mean_step_s"], 2)}
+            "kl_max": round(max(row.get("actor/kl_loss", row.get("actor/kl_reward", 0.0)) for row in rows), 4), "s_per_step": round(s["mean_step_s"], 2),
+            # multi-turn runs (env.name set): the same held-out task with no tool offered, at the end
+            **({"end_no_tools": round(s["heldout_reward_end_without_tools"], 4)}
+               if "heldout_reward_end_without_tools" in s else {})}
 
 
 def main():
@@ -58,7 +61,8 @@ def main():
         if "error" in r:
             print(f"| {r['seed']} | {r['error']} | | | | |")
         else:
-            print(f"| {r['seed']} | {r['start']:.3f} -> {r['end']:.3f} | {r['gain']:+.3f} | "
+            no_tools = f" (no tools: {r['end_no_tools']:.3f})" if "end_no_tools" in r else ""
+            print(f"| {r['seed']} | {r['start']:.3f} -> {r['end']:.3f}{no_tools} | {r['gain']:+.3f} | "
                   f"{r['train_first']:.3f} -> {r['train_last']:.3f} | {r['kl_max']:.3f} | {r['s_per_step']:.2f} |")
     gains = [r["gain"] for r in res if "error" not in r]
     print(json.dumps({"tag": args.tag, "args": extra, "runs": res, "min_gain": min(gains) if gains else None}))
