@@ -47,12 +47,10 @@ def call(name, **arguments) -> str:
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tinymodels.factory import ensure_tiny_model
-
-    t = AutoTokenizer.from_pretrained(str(ensure_tiny_model("/tmp/envs-cache", "tiny")))
+    t = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     assert t.chat_template == CHAT_TEMPLATE
     return t
 
