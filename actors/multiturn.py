@@ -38,6 +38,11 @@ class Trajectory:
     error_kinds: dict = field(default_factory=dict)
 
 
+def sampled_logprobs(output) -> list[float]:
+    """The engine's logprob of each sampled token of a vLLM CompletionOutput (NaN where it gave none)."""
+    return [d[t].logprob if d and t in d else math.nan for d, t in zip(output.logprobs or [], output.token_ids)]
+
+
 def turn_seed(seed: int | None, turn: int) -> int | None:
     """Sample seed of turn ``turn``: the trajectory's own seed, moved by 2^16 per turn (the caller's seeds step by
     1 per trajectory, well under 2^16 per batch), so every turn of every trajectory draws its own stream."""
@@ -88,7 +93,7 @@ def run_episodes(llm, tokenizer, rows: list[dict], n: int, env_cfg, sampling: di
             tokens += len(sampled)
             t.ids += sampled
             t.mask += [1] * len(sampled)
-            t.logprobs += [d[x].logprob if d and x in d else float("nan") for d, x in zip(s.logprobs or [], sampled)]
+            t.logprobs += sampled_logprobs(s)
             t.turns += 1
             if s.finish_reason == "length":  # the turn's cap or the trajectory's budget: it ends unfinished
                 t.done, t.finish = True, "length"
@@ -125,12 +130,19 @@ def run_episodes(llm, tokenizer, rows: list[dict], n: int, env_cfg, sampling: di
     return {"adapter_version": version, "samples": samples, "prompt_token_ids": prompt_ids, "tokens": tokens}
 
 
-def tool_metrics(samples: list[dict]) -> dict:
+def tool_metrics(samples: list[dict], rewards: list | None = None) -> dict:
     """Per-step tool-use metrics of multi-turn samples (none for single-turn ones): turns per trajectory, calls,
-    the fraction of calls that parsed and ran, tool errors by kind, the share of trajectories that used a tool."""
+    the fraction of calls that parsed and ran, tool errors by kind, the share of trajectories that used a tool; with
+    ``rewards`` (None where not judged) also the mean reward of the trajectories that called a tool and of those that
+    did not (``reward/with_tool``, ``reward/without_tool``)."""
     multi = [s for s in samples if "turns" in s]
     if not multi:
         return {}
+    by_use = {}
+    for key, used in (("reward/with_tool", True), ("reward/without_tool", False)):
+        rs = [r for s, r in zip(samples, rewards or []) if r is not None and (s["tool_calls"] > 0) == used]
+        if rs:
+            by_use[key] = sum(rs) / len(rs)
     calls = sum(s["tool_calls"] for s in multi)
     kinds: dict[str, int] = {}
     for s in multi:
@@ -142,4 +154,4 @@ def tool_metrics(samples: list[dict]) -> dict:
             "tools/errors_mean": sum(s["tool_errors"] for s in multi) / len(multi),
             "tools/used_frac": sum(s["tool_calls"] > 0 for s in multi) / len(multi),
             "tools/shaping_mean": sum(s["shaping"] for s in multi) / len(multi),
-            **{f"tools/errors/{k}": v for k, v in sorted(kinds.items())}}
+            **{f"tools/errors/{k}": v for k, v in sorted(kinds.items())}, **by_use}

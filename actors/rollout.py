@@ -129,6 +129,8 @@ class RolloutEngine:
         """
         from vllm import SamplingParams, TokensPrompt
 
+        from actors.multiturn import sampled_logprobs
+
         c = self.cfg
         temperature = c.temperature if temperature is None else temperature
         if temperature == 0 and n > 1:
@@ -148,8 +150,7 @@ class RolloutEngine:
         for o in outs:
             group = []
             for s in o.outputs:
-                lps = [d[t].logprob if d and t in d else float("nan") for d, t in zip(s.logprobs or [], s.token_ids)]
-                group.append({"text": s.text, "token_ids": list(s.token_ids), "logprobs": lps,
+                group.append({"text": s.text, "token_ids": list(s.token_ids), "logprobs": sampled_logprobs(s),
                               "finish_reason": s.finish_reason, "version": self.adapter_version})
                 ntok += len(s.token_ids)
             samples.append(group)

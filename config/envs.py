@@ -31,6 +31,12 @@ class EnvConfig:
     enable_plugins: list[str] = field(default_factory=list)
     """Installed entry-point environments (group raypost.envs) to allow in this run, by name."""
 
+    def without_tools(self) -> "EnvConfig":
+        """The same environment offering no tool (env.tools=[none]): the task answered without them."""
+        from dataclasses import replace
+
+        return replace(self, tools=["none"])
+
     def __post_init__(self):
         check(self.max_turns >= 1, "env.max_turns", f"must be >= 1, got {self.max_turns}")
         check(self.max_tokens >= 1, "env.max_tokens", f"must be >= 1, got {self.max_tokens}")

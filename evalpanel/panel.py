@@ -157,9 +157,7 @@ def _sample(suite: Suite, engine, version: int, cfg: EvalConfig, res: dict, tok,
     texts = _render(prompts, tok)
     seed = cfg.seed if s.temperature > 0 else None
     if s.env:  # tool use: whole trajectories in the suite's environment (actors/multiturn.py), final answers scored
-        from dataclasses import replace
-
-        env = replace(s.env_config, tools=["none"]) if without_tools else s.env_config
+        env = s.env_config.without_tools() if without_tools else s.env_config
         out = _call(engine, "generate_episodes", [{**r, "prompt": p} for r, p in zip(suite.rows, prompts)], env,
                     n=s.n_samples, max_tokens=s.max_new_tokens or cfg.max_new_tokens, temperature=s.temperature,
                     seed=seed)

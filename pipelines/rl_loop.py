@@ -208,18 +208,6 @@ def mask_failed(sc: dict, n: int, cfg: Config, step: int, min_group: int = 1) ->
     return keep, {"reward/failed_items": failed, "reward/masked_items": len(valid) - len(keep)}
 
 
-def _reward_by_tool_use(samples: list[dict], rewards: list) -> dict:
-    """Mean reward of the multi-turn samples that called a tool and of those that did not (judged items only)."""
-    if not samples or "tool_calls" not in samples[0]:
-        return {}
-    out = {}
-    for key, used in (("reward/with_tool", True), ("reward/without_tool", False)):
-        rs = [r for s, r in zip(samples, rewards) if r is not None and (s["tool_calls"] > 0) == used]
-        if rs:
-            out[key] = sum(rs) / len(rs)
-    return out
-
-
 # -- one run ---------------------------------------------------------------------------------------------------------
 @dataclass
 class RLRun:
@@ -296,11 +284,16 @@ class RLRun:
                   sync_mode=mode)
         holder["run"] = run
         run.sync()
-        run.held_start = run.heldout_reward()
-        run.held_start_no_tools = run.heldout_reward(without_tools=True) if cfg.env.name else None
-        if ckpt is not None:
-            run.held_start = read_meta(ckpt).get("heldout_reward_start", run.held_start)
-            run.held_start_no_tools = read_meta(ckpt).get("heldout_reward_start_without_tools", run.held_start_no_tools)
+        # The run's starting scores: a resumed run's are in its checkpoint (measured under the first weights);
+        # a new run measures them now.
+        meta = read_meta(ckpt) if ckpt is not None else {}
+        run.held_start = meta.get("heldout_reward_start")
+        if run.held_start is None:
+            run.held_start = run.heldout_reward()
+        if cfg.env.name:
+            run.held_start_no_tools = meta.get("heldout_reward_start_without_tools")
+            if run.held_start_no_tools is None:
+                run.held_start_no_tools = run.heldout_reward(without_tools=True)
         print(f"[{name}] {plan.describe()}; weights to the engines: {mode} ({dtype}); sync noise floor "
               f"{calibration['sync/floor_mean']:.3g} (tolerance {calibration['sync/tolerance']:.3g}); "
               f"max staleness {cfg.train.max_staleness}; held-out reward at start {run.held_start:.3f}", flush=True)
@@ -358,9 +351,7 @@ class RLRun:
         ``without_tools``: the same task with no tool offered (env.tools=[none])."""
         d, cfg = self.data, self.cfg
         if cfg.env.name:
-            from dataclasses import replace
-
-            env = replace(cfg.env, tools=["none"]) if without_tools else cfg.env
+            env = cfg.env.without_tools() if without_tools else cfg.env
             ref = self.engines.generate_episodes(d.heldout_rows, env, n=1, temperature=0.0)
         else:
             ref = self.engines.generate(d.heldout_ids, n=1, max_tokens=cfg.rollout.max_new_tokens, temperature=0.0)
@@ -393,7 +384,7 @@ class RLRun:
             "rollout/adapter_version": batch.gen["adapter_version"],
             "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
             **{k: v for k, v in stats.items() if k.startswith("rollout_corr/")},
-            **tool_metrics(samples), **_reward_by_tool_use(samples, sc["rewards"]),
+            **tool_metrics(samples, sc["rewards"]),
         }
 
     def log_step(self, step: int, row: dict, postfix: dict | None = None) -> None:
