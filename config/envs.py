@@ -38,7 +38,8 @@ class EnvConfig:
         return replace(self, tools=["none"])
 
     def __post_init__(self):
-        check(self.max_turns >= 1, "env.max_turns", f"must be >= 1, got {self.max_turns}")
+        check(1 <= self.max_turns <= 16, "env.max_turns", f"must be 1..16, got {self.max_turns} (a turn's sample seed is "
+              "the trajectory's + turn * 2^16, inside the 2^20 a batch's seeds span: actors/multiturn.py turn_seed)")
         check(self.max_tokens >= 1, "env.max_tokens", f"must be >= 1, got {self.max_tokens}")
         check(self.tool_timeout_s > 0, "env.tool_timeout_s", f"must be > 0, got {self.tool_timeout_s}")
         unknown = set(self.shaping) - {"valid_call", "tool_error"}
