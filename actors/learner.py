@@ -147,17 +147,23 @@ class LearnerWorker:
         return {"version": self.version, "logprobs": [lp[i, : len(t) - 1].tolist() for i, t in enumerate(token_ids)]}
 
     # -- weights out ----------------------------------------------------------------------------------
-    def export_adapter(self, out_dir: str, engine_dtype: str = "float32", mode: str = "lora") -> dict:
+    def export_adapter(self, out_dir: str, engine_dtype: str = "float32", mode: str = "lora",
+                       probe_ids: list[list[int]] | None = None) -> dict:
         """Save the adapter as ``out_dir/vNNNNNN`` and, with ``mode`` 'merged', the merged weights the engine loads
         in place (:meth:`_export_merged`). ``digest`` hashes what the engine must then hold, in the form an engine of
         ``engine_dtype`` holds it (actors/sync.py), for the identity check. The adapter folder is written atomically
-        (a temporary sibling renamed over), so a crash never leaves a half-written version."""
+        (a temporary sibling renamed over), so a crash never leaves a half-written version. With ``probe_ids``,
+        ``probe`` is :meth:`probe_logprobs` under the exported weights, in the same call: the learner's side of the
+        sync probe then runs before the engines' instead of beside them, on the same cores."""
+        probe = self.probe_logprobs(probe_ids) if probe_ids is not None else None
         final = Path(out_dir) / f"v{self.version:06d}"
         path = _atomic_save_adapter(self.model, final)
         if mode == "merged":
-            return self._export_merged(Path(out_dir), self.version, engine_dtype, adapter=path)
-        return {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype),
-                "mode": "lora"}
+            exp = self._export_merged(Path(out_dir), self.version, engine_dtype, adapter=path)
+        else:
+            exp = {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype),
+                   "mode": "lora"}
+        return exp if probe is None else {**exp, "probe": probe}
 
     def _export_merged(self, out_dir: Path, version: int, engine_dtype: str, adapter: Path | None = None) -> dict:
         """W' = W_0 + s B A for every adapted layer (learners/merge.py), cast to the engine's dtype and written to one
@@ -286,7 +292,8 @@ class LearnerGroup:
                  total_steps: int | None = None, temperature: float = 1.0):
         places = plan.of("learner")
         self.actors = [LearnerActor.options(**actor_options(plan, pg, "learner", p.index)).remote(
-            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=torch_threads(plan, "learner", p.index),
+            model_path, model_cfg, algo_cfg, train_cfg, seed, total_steps, num_threads=torch_threads(
+                plan, "learner", p.index, concurrent=train_cfg.max_staleness > 0),
             temperature=temperature)
             for p in places]
         self.rank0 = self.actors[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 
-from cluster import actor_options, shares
+from cluster import actor_options, shares, torch_threads
 from config.schema import RolloutConfig
 
 log = logging.getLogger(__name__)
@@ -21,11 +21,27 @@ log = logging.getLogger(__name__)
 
 class RolloutEngine:
     def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig | None = None, max_lora_rank: int = 16,
-                 dtype: str = "float32", enable_lora: bool = True, device: str = "cpu"):
+                 dtype: str = "float32", enable_lora: bool = True, device: str = "cpu", num_threads: int | None = None):
+        """``num_threads`` (CPU): the engine's intra-op threads, 0 for every core this process may run on
+        (cluster.plan.torch_threads); None leaves the process's setting."""
         cfg = cfg or RolloutConfig()
         if device == "cpu":
             # vLLM's CPU backend sizes its KV cache from this variable (GiB), not from a GPU fraction.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+            if cfg.tensor_parallel_size == 1:
+                # The engine in this process (no EngineCore + worker processes): by default vLLM's CPU backend runs
+                # its scheduler in one process that spin-waits (sched_yield) on a worker in another, bound to the
+                # cores less one reserved for that scheduler -- on 2 cores the model ran on one core while the
+                # other polled. In-process, nothing polls and the model uses the threads set below: 32 x 128 tokens
+                # on `small` took 1.47 s instead of 1.95 s (bench/grpo.md). Set VLLM_ENABLE_V1_MULTIPROCESSING=1
+                # to get vLLM's layout back.
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if num_threads is not None:
+                import torch
+
+                from cluster import all_cores
+
+                torch.set_num_threads(num_threads or all_cores())
         # vLLM logs five INFO lines per sleep/wake cycle, i.e. every step; VLLM_LOGGING_LEVEL=INFO brings them back.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
@@ -61,7 +77,13 @@ class RolloutEngine:
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 8192))
         if cfg.sleep_between_phases and device == "gpu":
             kwargs["enable_sleep_mode"] = True
+        import torch
+
+        set_threads = torch.set_num_threads
         self.llm = LLM(**kwargs)
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op (it guards the thread binding of its own
+        # worker process); in this process that binding was never made, so the process keeps the real one.
+        torch.set_num_threads = set_threads
         self.tokenizer = self.llm.get_tokenizer()
         self.startup_s = time.time() - t0
         self.enable_lora = enable_lora
@@ -259,9 +281,12 @@ class EnginePool:
     one ObjectRef of the merged result; ``actors`` are the engines, which actors/sync.py's SyncVerifier loads and
     checks one by one."""
 
-    def __init__(self, plan, pg, model_path: str, cfg: RolloutConfig, **engine_kwargs):
+    def __init__(self, plan, pg, model_path: str, cfg: RolloutConfig, concurrent: bool = False, **engine_kwargs):
+        """``concurrent``: the engines generate while the learner trains (train.max_staleness > 0), so on a CPU each
+        keeps its own share of the cores (cluster.plan.torch_threads)."""
         self.actors = [RolloutActor.options(**actor_options(plan, pg, "rollout", p.index)).remote(
-            model_path, cfg, **engine_kwargs) for p in plan.of("rollout")]
+            model_path, cfg, **engine_kwargs, num_threads=torch_threads(plan, "rollout", p.index, concurrent)
+            if engine_kwargs.get("device", "cpu") == "cpu" else None) for p in plan.of("rollout")]
 
     def generate(self, prompts: list, n: int = 1, seed: int | None = None, **kw):
         if len(self.actors) == 1:

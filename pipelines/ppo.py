@@ -98,7 +98,7 @@ def main(argv: list[str]) -> dict:
     def make_learners(plan, pg, model_path):
         critic_path, critic_finetune = critic_source(cfg, model_path)
         learner_opts, critic_opts = split_learner_share(plan, pg)
-        threads = torch_threads(plan, "learner")
+        threads = torch_threads(plan, "learner", concurrent=cfg.train.max_staleness > 0)
         roles["learner"] = LearnerActor.options(**learner_opts).remote(
             model_path, cfg.model, algo, cfg.train, cfg.seed, num_threads=threads, temperature=cfg.rollout.temperature)
         roles["critic"] = CriticActor.options(**critic_opts).remote(

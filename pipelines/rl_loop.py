@@ -260,8 +260,9 @@ class RLRun:
         reward = RewardPool(plan, pg, cfg.reward)
         engine_base = get(learner.export_engine_base.remote(str(run_dir / "engine_base")), "learner", cfg,
                           "export_engine_base")
-        engines = EnginePool(plan, pg, engine_base, cfg.rollout, max_lora_rank=max_lora_rank, dtype=dtype,
-                             device=cfg.cluster.device, enable_lora=(mode == "lora"))
+        engines = EnginePool(plan, pg, engine_base, cfg.rollout, concurrent=cfg.train.max_staleness > 0,
+                             max_lora_rank=max_lora_rank, dtype=dtype, device=cfg.cluster.device,
+                             enable_lora=(mode == "lora"))
 
         start = 0
         if ckpt is not None:
@@ -379,7 +380,7 @@ class RLRun:
             "response/clipped_frac": sum(s["finish_reason"] == "length" for s in samples) / len(samples),
             "perf/tokens_per_s": batch.gen["tokens"] / max(batch.gen["seconds"], 1e-9),
             "time/logprobs": stats.get("time_logprobs", 0.0), "time/update": stats.get("time_update", 0.0),
-            "time/sync": sync["time/sync"], "time/step": time.time() - self._t_step,
+            **{k: v for k, v in sync.items() if k.startswith("time/sync")}, "time/step": time.time() - self._t_step,
             **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": batch.gen["adapter_version"],
             "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
