@@ -133,19 +133,25 @@ class SyncVerifier:
     def sync(self, adapters_dir: str | Path) -> dict:
         """Export the learner's weights, load them into every engine and verify identity and effect (:meth:`check`)."""
         t0 = time.time()
-        exp = self.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype, self.mode), "learner",
-                       "weight export")
+        exp = self.get(self.learner.export_adapter.remote(str(adapters_dir), self.dtype, self.mode, self.probe_ids),
+                       "learner", "weight export")
+        t1 = time.time()
         self.get([e.load_weights.remote(exp) for e in self.engines], "rollout", f"weight load v{exp['version']}")
-        return {**self.check(exp), "time/sync": time.time() - t0}
+        t2 = time.time()
+        checked = self.check(exp)
+        t3 = time.time()
+        return {**checked, "time/sync": t3 - t0, "time/sync_export": t1 - t0, "time/sync_load": t2 - t1,
+                "time/sync_verify": t3 - t2}
 
     def check(self, exp: dict) -> dict:
         """Verify that every engine serves ``exp`` (what ``export_adapter`` returned: path, version, digest)."""
         if self.tolerance is None:
             raise RuntimeError("SyncVerifier.check before calibrate()")
         version = exp["version"]
-        lrn_ref = self.learner.probe_logprobs.remote(self.probe_ids)  # both sides probe at once
+        # the learner's side: measured by the export itself where it was asked to (sync), else asked for now
+        lrn_ref = None if "probe" in exp else self.learner.probe_logprobs.remote(self.probe_ids)
         engs = self.get([e.prompt_logprobs.remote(self.probe_ids) for e in self.engines], "rollout", "sync probe")
-        lrn = self.get(lrn_ref, "learner", "sync probe")
+        lrn = exp["probe"] if lrn_ref is None else self.get(lrn_ref, "learner", "sync probe")
         if lrn["version"] != version:
             raise SyncError(f"learner is at version {lrn['version']}, expected {version}")
         move = probe_gap(lrn["logprobs"], self.prev_lp)[0] if self.prev_lp is not None else 0.0

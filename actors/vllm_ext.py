@@ -3,22 +3,26 @@
 The identity half of the sync check: the worker reads the LoRA weights out of the slot buffers its kernels
 compute with -- not a version number the driver told it, not the files it was pointed at -- and hashes them in
 the canonical form that :func:`canonical_lora` gives the learner's exported adapter. Kept free of the project's
-other modules (torch and hashlib only) so that vLLM's spawned engine process can import it on its own.
+other modules (torch and xxhash only) so that vLLM's spawned engine process can import it on its own.
 """
 from __future__ import annotations
 
-import hashlib
-
 import torch
+import xxhash
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 over each tensor's dtype, shape and bytes (contiguous, on the CPU)."""
-    h = hashlib.sha256()
+    """XXH3-128 over each tensor's dtype, shape and bytes (contiguous, on the CPU).
+
+    The digest tells the learner's weights from stale or mis-loaded ones (a bug, not an adversary), so a fast
+    non-cryptographic hash does: 50 MB of merged `small` weights hash in a few ms where sha256 took 26 ms on each
+    side of every sync. The bytes are hashed in place (a buffer view), not copied."""
+    h = xxhash.xxh3_128()
     for t in tensors:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).reshape(-1).numpy())
     return h.hexdigest()
 
 
