@@ -468,6 +468,70 @@ def test_lean_gradients_equal_the_plain_path_in_float64(tiny_model_dir, finetune
     assert grads[0].abs().max().item() > 1e6 * bound
 
 
+def _grouped_batch(vocab: int):
+    """GRPO-shaped rows: 3 prompts of differing length x 3 completions of differing length, right-padded, the last
+    column padding everywhere; one row's wanted positions have a hole (a tool result in a multi-turn sample)."""
+    from learners.step import build_sequences
+
+    gen = torch.Generator().manual_seed(13)
+    P, C = [], []
+    for plen in (5, 9, 7):
+        prompt = torch.randint(3, vocab, (plen,), generator=gen).tolist()
+        for clen in (6, 3, 8):
+            P.append(prompt)
+            C.append(torch.randint(3, vocab, (clen,), generator=gen).tolist())
+    ids, att, want = build_sequences(P, C, 0)
+    pad = torch.zeros(ids.shape[0], 1, dtype=ids.dtype)
+    ids, att, want = torch.cat([ids, pad], 1), torch.cat([att, pad], 1), torch.cat([want, pad.float()], 1)
+    want[2, 5 + 2: 5 + 5] = 0  # row 2 (prompt 5, completion 8): completion tokens 3-5 not the model's
+    return ids, att, want
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_shared_prompt_pass_equals_whole_rows_in_float64(tiny_model_dir, finetune, monkeypatch):
+    """The lean path runs each distinct prompt once and its group's completions on its keys and values
+    (learners/logprobs.py: _shared_prompt_states): logprobs, entropies and every trained weight's gradient equal
+    those of running every row whole. Bound as for the gradients above (two orderings of the same float64 sums:
+    2 gamma_n of the largest entry).
+
+    transformers' Qwen3RMSNorm computes in float32 whatever the model's dtype, so in a float64 model every gradient
+    through a norm is rounded to float32 -- where the shared pass rounds a group's summed gradient once and whole
+    rows round each row's (relative differences of about 4e-8 here, nothing the logic does). The test therefore
+    runs the same norm formula in the input's dtype, so that the float64 bound holds for everything else."""
+    import transformers.models.qwen3.modeling_qwen3 as q3
+
+    import learners.logprobs as lpmod
+
+    def norm_in_input_dtype(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    monkeypatch.setattr(q3.Qwen3RMSNorm, "forward", norm_in_input_dtype)
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, finetune)
+    model.double()
+    ids, att, want = _grouped_batch(model.config.vocab_size)
+    adv = torch.randn(ids.shape[0], 1, generator=torch.Generator().manual_seed(2)).double() * want.double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    ran = []
+    shared = lpmod._shared_prompt_states
+    outs = []
+    for share in (True, False):
+        monkeypatch.setattr(lpmod, "_shared_prompt_states",
+                            (lambda *a: ran.append(shared(*a)) or ran[-1]) if share else (lambda *a: None))
+        lp, ent = lpmod.sequence_logprobs(model, ids, att, True, 0.8, positions=want, entropy_grad=True)
+        loss = -(adv * torch.exp(lp - lp.detach()) * want).sum() - 0.01 * (ent * want).sum()
+        outs.append((lp.detach(), ent.detach(), torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])))
+    assert len(ran) == 1 and ran[0] is not None  # the shared pass ran (3 prompts for 9 rows)
+    c = model.config
+    n = ids.shape[1] * (c.hidden_size + c.vocab_size + c.intermediate_size) * c.num_hidden_layers
+    for a, b in zip(outs[0], outs[1]):
+        bound = 2 * _gamma(n, 2.0 ** -53) * b.abs().max().item()
+        assert (a - b).abs().max().item() <= bound
+        assert b.abs().max().item() > 1e6 * bound
+    w = want.bool()
+    assert torch.equal(outs[0][0][~w], torch.zeros_like(outs[0][0][~w]))
+
+
 def test_entropy_only_logged_has_no_graph(tiny_model_dir):
     """algo.entropy_coef = 0: the entropy is a number for the logs, with no autograd graph behind it."""
     from learners.logprobs import sequence_logprobs
