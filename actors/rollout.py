@@ -157,9 +157,13 @@ class RolloutEngine:
         temperature = c.temperature if temperature is None else temperature
         if temperature == 0 and n > 1:
             raise ValueError("greedy decoding (temperature 0) needs n=1")
+        stop = stop if stop is not None else (c.stop or None)
+        # vLLM detokenizes every sequence incrementally, token by token, in Python: 40% of a demo-sized generate
+        # (256 x 16 tokens on `tiny`: 0.36 -> 0.22 s raw). Only stop strings need the text while sampling; without
+        # them the engine returns ids and the texts are decoded here at the end, in one batch (same text: tested).
+        detokenize = bool(stop)
         kw = dict(n=n, max_tokens=max_tokens or c.max_new_tokens, temperature=temperature,
-                  top_p=c.top_p if top_p is None else top_p, stop=stop if stop is not None else (c.stop or None),
-                  logprobs=0)
+                  top_p=c.top_p if top_p is None else top_p, stop=stop, logprobs=0, detokenize=detokenize)
         # Distinct seeds for every sample: vLLM seeds sample j of a prompt with seed + j, so prompt i gets
         # seed + i * n. One seed for the batch gave sample j of every group the same random stream (and seed + i
         # per prompt the same streams shifted by one): correlated groups, and GRPO learned nothing.
@@ -168,12 +172,17 @@ class RolloutEngine:
         self._ensure_awake()
         t0 = time.time()
         outs = self.llm.generate(inputs, sp, lora_request=self._lora, use_tqdm=False)
+        # vLLM's incremental detokenizer holds back text that ends in U+FFFD (bytes of a character not yet complete)
+        # and never flushes it when the sequence ends: the batch decode drops the same tail.
+        texts = None if detokenize else iter(t.rstrip("\ufffd") for t in self.tokenizer.batch_decode(
+            [list(s.token_ids) for o in outs for s in o.outputs], skip_special_tokens=True))
         samples, ntok = [], 0
         for o in outs:
             group = []
             for s in o.outputs:
-                group.append({"text": s.text, "token_ids": list(s.token_ids), "logprobs": sampled_logprobs(s),
-                              "finish_reason": s.finish_reason, "version": self.adapter_version})
+                group.append({"text": s.text if texts is None else next(texts), "token_ids": list(s.token_ids),
+                              "logprobs": sampled_logprobs(s), "finish_reason": s.finish_reason,
+                              "version": self.adapter_version})
                 ntok += len(s.token_ids)
             samples.append(group)
         return {"adapter_version": self.adapter_version, "samples": samples,
@@ -206,7 +215,7 @@ class RolloutEngine:
         from vllm import SamplingParams, TokensPrompt
 
         self._ensure_awake()
-        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)  # numbers only
         # With LoRA enabled, one request per call: vLLM 0.32's CPU LoRA logits path mis-sizes its index tensor when several
         # requests ask for prompt logprobs in one batch (einsum shape error that kills the engine).
         batches = [[ids] for ids in token_ids] if self.enable_lora else [token_ids]
