@@ -79,11 +79,20 @@ class RolloutEngine:
             kwargs["enable_sleep_mode"] = True
         import torch
 
-        set_threads = torch.set_num_threads
-        self.llm = LLM(**kwargs)
-        # vLLM's CPU worker replaces torch.set_num_threads with a no-op (it guards the thread binding of its own
-        # worker process); in this process that binding was never made, so the process keeps the real one.
-        torch.set_num_threads = set_threads
+        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        cpu_log = logging.getLogger("vllm.v1.worker.cpu_worker")
+        quiet = _DropMessage("torch.set_num_threads` after the thread binding")
+        cpu_log.addFilter(quiet)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            cpu_log.removeFilter(quiet)
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op that warns (it guards the thread binding
+            # of its own worker process), which also skipped vLLM's own restore of the thread count after start-up;
+            # in this process that binding was never made: the real function back, and the count set above.
+            torch.set_num_threads = set_threads
+            if device == "cpu":
+                torch.set_num_threads(threads)
         self.tokenizer = self.llm.get_tokenizer()
         self.startup_s = time.time() - t0
         self.enable_lora = enable_lora
@@ -256,8 +265,10 @@ class RolloutEngine:
             self.asleep = False
 
     def info(self) -> dict:
+        import torch
+
         return {"model_path": self.model_path, "adapter_version": self.adapter_version, "startup_s": self.startup_s,
-                "sleep_supported": self._sleep_supported}
+                "sleep_supported": self._sleep_supported, "torch_threads": torch.get_num_threads()}
 
     def shutdown(self) -> None:
         import gc
@@ -270,6 +281,18 @@ class RolloutEngine:
                 pass
             del llm
             gc.collect()
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains ``text`` (vLLM's CPU worker warns, once per skipped call, that an
+    in-process engine's start-up tried to set the thread count)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 RolloutActor = ray.remote(RolloutEngine)

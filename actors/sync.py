@@ -51,7 +51,7 @@ def probe_tolerance(floor_mean: float, mean_abs_logp: float, factor: float, eps:
 
 def exported_lora_digest(adapter_dir: str | Path, dtype: str) -> dict[str, str]:
     """Per-module digests of a saved PEFT adapter in the canonical form an engine of ``dtype`` holds it
-    (actors/vllm_ext.canonical_lora): {module name as vLLM's worker reports it: sha256}."""
+    (actors/vllm_ext.canonical_lora): {module name as vLLM's worker reports it: digest}."""
     from safetensors.torch import load_file
 
     cfg = json.loads(Path(adapter_dir, "adapter_config.json").read_text())

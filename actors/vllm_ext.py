@@ -40,7 +40,7 @@ class SyncExtension:
 
     def load_merged(self, path: str) -> dict:
         """Load merged linear weights (learners/merge.py, a safetensors file of transformers names) into the running
-        model in place, no restart, and hash what the layers now hold: ``{"dtype", "modules": {weight name: sha256}}``.
+        model in place, no restart, and hash what the layers now hold: ``{"dtype", "modules": {weight name: digest}}``.
 
         Parts of a packed matrix (q/k/v -> qkv_proj, gate/up -> gate_up_proj) are concatenated in the model's
         ``packed_modules_mapping`` order, the layout vLLM's weight loaders build at start-up (one tensor-parallel
@@ -86,7 +86,7 @@ class SyncExtension:
 
     def lora_digest(self, lora_int_id: int) -> dict:
         """Per-module digests of the LoRA weights in the slot that serves ``lora_int_id``:
-        ``{"dtype", "rank", "modules": {hf_module_name: sha256}}``, or ``{"error": ...}`` when that adapter is not
+        ``{"dtype", "rank", "modules": {hf_module_name: digest}}``, or ``{"error": ...}`` when that adapter is not
         in a slot. Names are the transformers/PEFT module names (a packed qkv_proj is reported as its q/k/v parts)."""
         runner = self.model_runner
         manager = getattr(getattr(runner, "lora_manager", None), "_adapter_manager", None)

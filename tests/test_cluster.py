@@ -39,6 +39,19 @@ def test_colocate_and_split_plans_on_cpu_fit_two_cores(ray_local):
             time.sleep(0.5)
 
 
+def test_torch_threads_all_cores_only_when_the_roles_take_turns():
+    """A synchronous colocated CPU plan runs one phase at a time: each single-actor role may use every core (0).
+    When engines and learner run at once (train.max_staleness > 0), or in a split plan, each keeps its own share."""
+    from cluster import torch_threads
+
+    colocate = plan_resources(load(Config, "tiny-cpu", []).cluster)
+    assert torch_threads(colocate, "rollout") == 0 and torch_threads(colocate, "learner") == 0
+    assert torch_threads(colocate, "rollout", concurrent=True) == 1  # num_cpus 0.5: one thread, not zero
+    assert torch_threads(colocate, "learner", concurrent=True) == 1
+    split = plan_resources(load(Config, "tiny-cpu", ["cluster.mode=split"]).cluster)
+    assert torch_threads(split, "learner") == max(1, round(split.of("learner")[0].num_cpus))
+
+
 def test_plan_that_does_not_fit_names_roles(ray_local):
     cfg = ClusterConfig(mode="split")
     cfg.learner.num_cpus = 64
