@@ -118,6 +118,7 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     completion tokens shrink from 11.8k to 5k tokens a pass (learner step 0.45 -> 0.19 s), the heavy bench's 8 x 4
     rows of ~32 + 128 from 5.1k to 4.4k (bench/grpo.md)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     if attention_mask is None:
         return None
@@ -150,6 +151,8 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     p_pos = (p_att.long().cumsum(1) - 1).clamp(min=0)
     p_out = decoder(input_ids=p_ids, attention_mask=p_att.long(), position_ids=p_pos, use_cache=True)
     cache = p_out.past_key_values
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None  # sliding-window or other layer caches: their keys are not a plain [rows, heads, T, d] copy
     c_len = lengths - starts                                # completion tokens per row
     Lc = int(c_len.max())
     if Lc == 0:
