@@ -122,6 +122,8 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
 
     if attention_mask is None:
         return None
+    if any(getattr(m, "gradient_checkpointing", False) and m.training for m in decoder.modules()):
+        return None  # checkpointed layers drop past_key_values (transformers' GradientCheckpointingLayer)
     B, n = input_ids.shape
     att = attention_mask[:, :n].bool()
     if not bool(sel.any(1).all()):
@@ -151,8 +153,9 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     p_pos = (p_att.long().cumsum(1) - 1).clamp(min=0)
     p_out = decoder(input_ids=p_ids, attention_mask=p_att.long(), position_ids=p_pos, use_cache=True)
     cache = p_out.past_key_values
-    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None  # sliding-window or other layer caches: their keys are not a plain [rows, heads, T, d] copy
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != Lp
+                                              for layer in cache.layers):
+        return None  # sliding-window or other layer caches (not a plain [rows, heads, Lp, d] copy), or none kept
     c_len = lengths - starts                                # completion tokens per row
     Lc = int(c_len.max())
     if Lc == 0:

@@ -532,6 +532,30 @@ def test_shared_prompt_pass_equals_whole_rows_in_float64(tiny_model_dir, finetun
     assert torch.equal(outs[0][0][~w], torch.zeros_like(outs[0][0][~w]))
 
 
+def test_shared_prompt_pass_steps_aside_under_gradient_checkpointing(tiny_model_dir, monkeypatch):
+    """Checkpointed decoder layers drop past_key_values in training (transformers' GradientCheckpointingLayer): the
+    completions would be scored without their prompt. The shared pass is declined then, and the lean path computes
+    exactly what it computes for whole rows (the same operations: equal to the last bit)."""
+    import learners.logprobs as lpmod
+
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir)
+    ids, att, want = _grouped_batch(model.config.vocab_size)
+    model.train()
+    shared = lpmod._shared_prompt_states
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(lpmod, "_shared_prompt_states", lambda *a: None)
+        whole = lpmod.sequence_logprobs(model, ids, att, positions=want)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        decoder = model.get_base_model().get_decoder()
+        n = ids.shape[1] - 1  # the lean path's cut: the last column is padding everywhere
+        assert shared(decoder, ids[:, :n], att, want[:, : n - 1].bool()) is None
+        lp = lpmod.sequence_logprobs(model, ids, att, positions=want)
+    finally:
+        model.gradient_checkpointing_disable()
+    assert lp.requires_grad and torch.equal(lp.detach(), whole)
+
+
 def test_entropy_only_logged_has_no_graph(tiny_model_dir):
     """algo.entropy_coef = 0: the entropy is a number for the logs, with no autograd graph behind it."""
     from learners.logprobs import sequence_logprobs
