@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ class LearnerWorker:
         if num_threads is not None:  # 0: every core this actor may run on (cluster.plan.torch_threads)
             torch.set_num_threads(num_threads or all_cores())
         torch.manual_seed(seed)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="adapter-writer")  # merged sync's adapter folders
+        self._writes = None  # the pending write's future (wait_writes)
         self.model_path = model_path
         self.algo = resolve(algo_cfg)
         self.train_cfg = train_cfg
@@ -165,24 +168,18 @@ class LearnerWorker:
             # (PEFT's save with its model card, fsync and rename: 0.03-0.05 s of every sync). Whatever changes
             # the weights next waits for it first (wait_writes).
             exp = self._export_merged(Path(out_dir), self.version, engine_dtype, adapter=final)
-            self._writes = self._writer().submit(_atomic_save_adapter, self.model, final)
+            self._writes = self._writer.submit(_atomic_save_adapter, self.model, final)
         else:
             path = _atomic_save_adapter(self.model, final)
             exp = {"path": str(path), "version": self.version, "digest": exported_lora_digest(path, engine_dtype),
                    "mode": "lora"}
         return exp if probe is None else {**exp, "probe": probe}
 
-    def _writer(self):
-        if getattr(self, "_pool", None) is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="adapter-writer")
-        return self._pool
-
     def wait_writes(self) -> None:
         """Block until the adapter folder of the last export is written (and raise what its write raised): called
-        before anything that changes or saves the weights, and by the driver before reading ``adapters/``."""
-        pending, self._writes = getattr(self, "_writes", None), None
+        before anything that changes or saves the weights -- so the run's final checkpoint (save_state) also leaves
+        every ``adapters/vNNNNNN`` folder complete."""
+        pending, self._writes = self._writes, None
         if pending is not None:
             pending.result()
 

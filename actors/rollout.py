@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 class RolloutEngine:
     def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig | None = None, max_lora_rank: int = 16,
                  dtype: str = "float32", enable_lora: bool = True, device: str = "cpu", num_threads: int | None = None):
-        """``num_threads`` (CPU): the engine's intra-op threads, 0 for every core this process may run on
-        (cluster.plan.torch_threads); None leaves the process's setting."""
+        """``num_threads``: on CPU the engine's intra-op threads, 0 for every core this process may run on
+        (cluster.plan.torch_threads), None to leave the process's setting; ignored on GPU."""
         cfg = cfg or RolloutConfig()
         if device == "cpu":
             # vLLM's CPU backend sizes its KV cache from this variable (GiB), not from a GPU fraction.
@@ -317,8 +317,8 @@ class EnginePool:
         """``concurrent``: the engines generate while the learner trains (train.max_staleness > 0), so on a CPU each
         keeps its own share of the cores (cluster.plan.torch_threads)."""
         self.actors = [RolloutActor.options(**actor_options(plan, pg, "rollout", p.index)).remote(
-            model_path, cfg, **engine_kwargs, num_threads=torch_threads(plan, "rollout", p.index, concurrent)
-            if engine_kwargs.get("device", "cpu") == "cpu" else None) for p in plan.of("rollout")]
+            model_path, cfg, **engine_kwargs, num_threads=torch_threads(plan, "rollout", p.index, concurrent))
+            for p in plan.of("rollout")]
 
     def generate(self, prompts: list, n: int = 1, seed: int | None = None, **kw):
         if len(self.actors) == 1:

@@ -156,10 +156,8 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != Lp
                                               for layer in cache.layers):
         return None  # sliding-window or other layer caches (not a plain [rows, heads, Lp, d] copy), or none kept
-    c_len = lengths - starts                                # completion tokens per row
+    c_len = lengths - starts                                # completion tokens per row (>= 1: every row wants one)
     Lc = int(c_len.max())
-    if Lc == 0:
-        return None
     ccols = torch.arange(Lc, device=dev)
     c_att = ccols[None] < c_len[:, None]
     c_src = (starts[:, None] + ccols[None]).clamp(max=n - 1)
