@@ -245,3 +245,84 @@ def _chunked_autograd(h, W, y, T):
         lps.append(logp.gather(1, y[s:s + z.shape[0], None]).squeeze(1))
         ents.append(-(logp.exp() * logp).sum(-1))
     return torch.cat(lps), torch.cat(ents)
+
+
+class StreamingLogprobs:
+    """Token logprobs of sequences that grow while they are scored: the reference policy's log pi_T(y_t | x, y_<t)
+    of completions as an engine samples them, a chunk of tokens at a time, on a KV cache. Same numbers as
+    :func:`sequence_logprobs` over the finished rows up to float rounding (tests/test_policy_math.py bounds it in
+    float64); the cost is the same 2 N T FLOP, moved into generation (actors/reference.py).
+
+    :meth:`begin` runs each of P prompts once (left-padded, positions from the mask) and gives its keys and values to
+    its n rows (row i * n + j: sample j of prompt i, the engine's order). :meth:`extend` takes each row's new tokens
+    (any number, none for a row that ended or is waiting); a chunk is right-padded across rows and its padding is
+    masked out of every later chunk's attention, so rows that end early leave holes that nothing reads. Row r's next
+    token is scored by the state of its last real token (the prompt's last at first):
+    log p(y) = z_y - logsumexp(z), z = W h / T (:func:`_head_logprob_chunks`). :meth:`result` gives every row's
+    logprobs and the tokens they score."""
+
+    def __init__(self, model, temperature: float = 1.0, pad_id: int = 0):
+        head = _plain_head(model)
+        if head is None:
+            raise ValueError("streamed logprobs need a plain LM head (a Linear without bias or logit scaling)")
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder, self.W, self.T, self.pad_id = base.get_decoder(), head.weight, float(temperature), pad_id
+
+    @torch.no_grad()
+    def begin(self, prompts: list[list[int]], n: int) -> None:
+        from transformers import DynamicCache
+
+        dev = self.W.device
+        p_len = torch.tensor([len(p) for p in prompts], device=dev)
+        if not prompts or int(p_len.min()) < 1:
+            raise ValueError("every prompt needs a token at least")
+        Lp = int(p_len.max())
+        att = torch.arange(Lp, device=dev)[None] >= (Lp - p_len)[:, None]
+        ids = torch.full((len(prompts), Lp), self.pad_id, dtype=torch.long, device=dev)
+        for i, p in enumerate(prompts):
+            ids[i, Lp - len(p):] = torch.tensor(p, device=dev)
+        out = self.decoder(input_ids=ids, attention_mask=att.long(), position_ids=(att.long().cumsum(1) - 1).clamp(min=0),
+                           use_cache=True)
+        rows = torch.arange(len(prompts), device=dev).repeat_interleave(n)
+        self.cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                                                  for layer in out.past_key_values.layers])
+        self.att = att[rows].long()                       # [R, columns so far]: 1 where a real token is
+        self.pos = p_len[rows].clone()                    # the next token's position in its row
+        self.last = out.last_hidden_state[:, -1][rows]    # [R, H]: the state that predicts each row's next token
+        self.lp = [[] for _ in range(len(rows))]
+        self.tokens = [[] for _ in range(len(rows))]
+
+    @torch.no_grad()
+    def extend(self, new: list[list[int]]) -> None:
+        """Score ``new[r]``, the tokens row r gained since the last call (lists may be empty)."""
+        R, dev = len(self.lp), self.W.device
+        if len(new) != R:
+            raise ValueError(f"extend got {len(new)} rows, begin made {R}")
+        m = torch.tensor([len(t) for t in new], device=dev)
+        C = int(m.max()) if R else 0
+        if C == 0:
+            return
+        cols = torch.arange(C, device=dev)
+        c_att = cols[None] < m[:, None]                   # [R, C]
+        ids = torch.full((R, C), self.pad_id, dtype=torch.long, device=dev)
+        for r, t in enumerate(new):
+            if t:
+                ids[r, : len(t)] = torch.tensor(t, device=dev)
+        self.att = torch.cat([self.att, c_att.long()], 1)
+        h = self.decoder(input_ids=ids, attention_mask=self.att, position_ids=self.pos[:, None] + cols[None],
+                         past_key_values=self.cache, use_cache=True).last_hidden_state            # [R, C, H]
+        states = torch.cat([self.last[:, None], h[:, :-1]], 1)                                  # column j predicts y_j
+        lp, _, _, _ = _head_logprob_chunks(states[c_att], self.W, ids[c_att], self.T, False, False)
+        lp = lp.tolist()
+        k = 0
+        for r, t in enumerate(new):
+            self.lp[r].extend(lp[k:k + len(t)])
+            self.tokens[r].extend(t)
+            k += len(t)
+        has = m > 0
+        self.last[has] = h[has, (m[has] - 1)]
+        self.pos += m
+
+    def result(self) -> dict:
+        """``{"logprobs": per row, "token_ids": per row}`` (what was scored, in the engine's row order)."""
+        return {"logprobs": self.lp, "token_ids": self.tokens}

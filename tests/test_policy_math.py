@@ -487,6 +487,17 @@ def _grouped_batch(vocab: int):
     return ids, att, want
 
 
+def _norm_in_input_dtype(monkeypatch) -> None:
+    """Qwen3RMSNorm's formula in the input's dtype (transformers computes it in float32 whatever the model's dtype,
+    which would round a float64 test's gradients through every norm to float32)."""
+    import transformers.models.qwen3.modeling_qwen3 as q3
+
+    def norm_in_input_dtype(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    monkeypatch.setattr(q3.Qwen3RMSNorm, "forward", norm_in_input_dtype)
+
+
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_shared_prompt_pass_equals_whole_rows_in_float64(tiny_model_dir, finetune, monkeypatch):
     """The lean path runs each distinct prompt once and its group's completions on its keys and values
@@ -498,14 +509,9 @@ def test_shared_prompt_pass_equals_whole_rows_in_float64(tiny_model_dir, finetun
     through a norm is rounded to float32 -- where the shared pass rounds a group's summed gradient once and whole
     rows round each row's (relative differences of about 4e-8 here, nothing the logic does). The test therefore
     runs the same norm formula in the input's dtype, so that the float64 bound holds for everything else."""
-    import transformers.models.qwen3.modeling_qwen3 as q3
-
     import learners.logprobs as lpmod
 
-    def norm_in_input_dtype(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-    monkeypatch.setattr(q3.Qwen3RMSNorm, "forward", norm_in_input_dtype)
+    _norm_in_input_dtype(monkeypatch)
     model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, finetune)
     model.double()
     ids, att, want = _grouped_batch(model.config.vocab_size)
@@ -530,6 +536,47 @@ def test_shared_prompt_pass_equals_whole_rows_in_float64(tiny_model_dir, finetun
         assert b.abs().max().item() > 1e6 * bound
     w = want.bool()
     assert torch.equal(outs[0][0][~w], torch.zeros_like(outs[0][0][~w]))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_streamed_logprobs_equal_whole_rows_in_float64(tiny_model_dir, temperature, monkeypatch):
+    """Completions scored a chunk at a time as an engine samples them (learners/logprobs.py: StreamingLogprobs) --
+    chunks of uneven size, a row that ends early, a row with no tokens in a chunk, prompts of differing length --
+    give each token the logprob of scoring the finished rows whole (the learner's reference pass), within the float64
+    bound of two orderings of the same sums (2 gamma_n of the largest entry), with the norm in the input's dtype as
+    above."""
+    from learners.logprobs import StreamingLogprobs, sequence_logprobs
+    from learners.step import build_sequences
+
+    _norm_in_input_dtype(monkeypatch)
+    model, _ = _tiny_lora_with_a_live_adapter(tiny_model_dir, "lora")
+    model.double().eval()
+    g = torch.Generator().manual_seed(3)
+    V, n = model.config.vocab_size, 3
+    prompts = [torch.randint(3, V, (k,), generator=g).tolist() for k in (7, 4, 9)]
+    lengths = [11, 11, 5, 11, 8, 11, 1, 11, 11]       # rows end at different times (one after its first token)
+    comps = [torch.randint(3, V, (k,), generator=g).tolist() for k in lengths]
+    s = StreamingLogprobs(model, temperature, pad_id=0)
+    s.begin(prompts, n)
+    done = 0
+    for step, c in enumerate((2, 1, 4, 0, 3, 1)):      # tokens per row per chunk, as the engine streams them
+        new = [row[done:done + c] if r != 4 or step != 2 else [] for r, row in enumerate(comps)]
+        if step == 3:                                  # row 4 skipped chunk 2: it gets those tokens now
+            new[4] = comps[4][done - 4:done]
+        s.extend(new)
+        done += c
+    res = s.result()
+    assert res["token_ids"] == comps
+    ids, att, resp = build_sequences([p for p in prompts for _ in range(n)], comps, 0)
+    whole = sequence_logprobs(model, ids, att, temperature=temperature, positions=resp)
+    ref = [whole[r][resp[r].bool()].tolist() for r in range(len(comps))]
+    c = model.config
+    N = ids.shape[1] * (c.hidden_size + c.vocab_size + c.intermediate_size) * c.num_hidden_layers
+    top = max(abs(x) for row in ref for x in row)
+    bound = 2 * _gamma(N, 2.0 ** -53) * top
+    for a, b in zip(res["logprobs"], ref):
+        assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) <= bound
+    assert top > 1e6 * bound
 
 
 def test_shared_prompt_pass_steps_aside_under_gradient_checkpointing(tiny_model_dir, monkeypatch):
