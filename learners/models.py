@@ -78,6 +78,19 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
     :func:`resolve_dtype`) is the compute dtype of the frozen base; LoRA weights, their gradients and the
     optimizer state stay fp32 whatever it is (peft keeps adapters in fp32 and casts their input).
     """
+    model = load_base(model_path, finetune, dtype, device, fused_4bit_cpu)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if finetune in ("qlora", "lora"):
+        model = attach_lora(model, lora, adapter_path)
+    return model, load_tokenizer(model_path)
+
+
+def load_base(model_path: str | os.PathLike, finetune: str = "qlora", dtype: str = "float32",
+              device: str | None = None, fused_4bit_cpu: bool = False):
+    """The base model as :func:`load_policy` loads it for ``finetune`` (NF4 4-bit for qlora, ``dtype`` otherwise),
+    without an adapter: the same frozen weights, bit for bit (NF4 quantisation is deterministic)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if finetune not in ("qlora", "lora", "full"):
@@ -98,12 +111,7 @@ def load_policy(model_path: str | os.PathLike, finetune: str = "qlora", lora=Non
     if finetune != "qlora":
         model.to(device)
     model.config.use_cache = False
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if finetune in ("qlora", "lora"):
-        model = attach_lora(model, lora, adapter_path)
-    return model, load_tokenizer(model_path)
+    return model
 
 
 def select_4bit_kernel(model, fused: bool = False) -> int:
