@@ -152,11 +152,15 @@ class RolloutEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list, n: int = 1, max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None) -> dict:
+                 top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None,
+                 reference=None) -> dict:
         """Sample ``n`` completions per prompt (a string or a list of token ids).
 
         Returns ``{"adapter_version", "samples": [[{text, token_ids, logprobs, finish_reason}] * n] * P,
         "prompt_token_ids": [...], "seconds", "tokens"}``; ``logprobs`` are the engine's sampling logprobs.
+        ``reference`` (an actors/reference.py ReferenceStream; prompts as token ids): the new tokens go to the
+        reference scorer every ``reference.every`` decode steps while sampling, and the result's ``"reference"`` is
+        ``[ObjectRef]`` of its scores (same samples: tested).
         """
         from vllm import SamplingParams, TokensPrompt
 
@@ -180,7 +184,13 @@ class RolloutEngine:
         inputs = [TokensPrompt(prompt_token_ids=list(p)) if not isinstance(p, str) else p for p in prompts]
         self._ensure_awake()
         t0 = time.time()
-        outs = self.llm.generate(inputs, sp, lora_request=self._lora, use_tqdm=False)
+        if reference is None:
+            outs = self.llm.generate(inputs, sp, lora_request=self._lora, use_tqdm=False)
+        else:
+            if any(isinstance(p, str) for p in prompts):
+                raise ValueError("streaming to the reference scorer needs prompts as token ids")
+            outs, scored = self._generate_streaming(inputs, sp if isinstance(sp, list) else [sp] * len(inputs),
+                                                    n, reference)
         # vLLM's incremental detokenizer holds back text that ends in U+FFFD (bytes of a character not yet complete)
         # and never flushes it when the sequence ends: the batch decode drops the same tail.
         texts = None if detokenize else iter(t.rstrip("\ufffd") for t in self.tokenizer.batch_decode(
@@ -194,8 +204,56 @@ class RolloutEngine:
                               "version": self.adapter_version})
                 ntok += len(s.token_ids)
             samples.append(group)
-        return {"adapter_version": self.adapter_version, "samples": samples,
-                "prompt_token_ids": [list(o.prompt_token_ids) for o in outs], "seconds": time.time() - t0, "tokens": ntok}
+        out = {"adapter_version": self.adapter_version, "samples": samples,
+               "prompt_token_ids": [list(o.prompt_token_ids) for o in outs], "seconds": time.time() - t0, "tokens": ntok}
+        if reference is not None:
+            out["reference"] = [scored]
+        return out
+
+    def _generate_streaming(self, inputs: list, params: list, n: int, reference):
+        """``LLM.generate``'s loop (vLLM's LLM._run_engine) with the requests in DELTA mode: every
+        ``reference.every`` engine steps each row's new tokens go to the reference scorer. Returns outputs shaped as
+        ``LLM.generate``'s (per prompt ``.prompt_token_ids`` and ``.outputs`` in sample order, each with
+        ``token_ids``, ``text``, ``logprobs``, ``finish_reason``) and the scorer's ObjectRef."""
+        from types import SimpleNamespace
+
+        from vllm.sampling_params import RequestOutputKind
+
+        eng = self.llm.llm_engine
+        tag = f"ref{time.monotonic_ns()}-"
+        outs = []
+        for i, (inp, p) in enumerate(zip(inputs, params)):
+            p = p.clone()
+            p.output_kind = RequestOutputKind.DELTA
+            eng.add_request(f"{tag}{i}", inp, p, lora_request=self._lora)
+            outs.append(SimpleNamespace(prompt_token_ids=list(inp["prompt_token_ids"]), outputs=[
+                SimpleNamespace(token_ids=[], text="", logprobs=[], finish_reason=None) for _ in range(n)]))
+        key = reference.begin([o.prompt_token_ids for o in outs], n)
+        sent = [0] * (len(outs) * n)
+        rows = [s for o in outs for s in o.outputs]
+
+        def flush():
+            new = [r.token_ids[k:] for r, k in zip(rows, sent)]
+            if any(new):
+                reference.extend(key, new)
+                for j, t in enumerate(new):
+                    sent[j] += len(t)
+
+        steps = 0
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                dst = outs[int(o.request_id[len(tag):])]
+                for c in o.outputs:
+                    r = dst.outputs[c.index]
+                    r.token_ids.extend(c.token_ids)
+                    r.text += c.text
+                    r.logprobs.extend(c.logprobs or [])
+                    r.finish_reason = c.finish_reason or r.finish_reason
+            steps += 1
+            if steps % reference.every == 0:
+                flush()
+        flush()
+        return outs, reference.close(key)
 
     def generate_episodes(self, rows: list[dict], env_cfg, n: int = 1, max_tokens: int | None = None,
                           temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> dict:
@@ -304,7 +362,8 @@ def _merge_generations(*parts: dict) -> dict:
     return {"adapter_version": min(p["adapter_version"] for p in parts),
             "samples": [g for p in parts for g in p["samples"]],
             "prompt_token_ids": [x for p in parts for x in p["prompt_token_ids"]],
-            "seconds": max(p["seconds"] for p in parts), "tokens": sum(p["tokens"] for p in parts)}
+            "seconds": max(p["seconds"] for p in parts), "tokens": sum(p["tokens"] for p in parts),
+            **({"reference": [r for p in parts for r in p["reference"]]} if "reference" in parts[0] else {})}
 
 
 class EnginePool:

@@ -290,3 +290,46 @@ def test_texts_decoded_after_sampling_are_the_engines_own(ray_local, fp32_engine
     assert [s["token_ids"] for s in a] == [s["token_ids"] for s in b]  # the same samples
     assert [s["text"] for s in a] == [s["text"] for s in b]
     assert sum(len(s["text"]) for s in a) > 100  # real text was compared, not empty strings
+
+
+def test_streamed_reference_samples_as_the_engine_and_scores_as_the_learner(ray_local, fp32_engine, tiny_model_dir):
+    """train.reference_logprobs=stream (actors/reference.py): the engine sends each row's new tokens to the
+    reference scorer every few decode steps while it samples. Its samples are those of the plain path (same seeds:
+    token ids, logprobs, finish reasons, texts), and the scorer's logprobs of them are the learner's own reference
+    pass over the finished rows (LearnerWorker._ref_logprobs), both in float32 without 4-bit (model.finetune=lora):
+    within 2 gamma_N of the largest entry (two orderings of the same fp32 sums, N = L (H + V + I) layers terms per
+    logprob; tests/test_policy_math.py holds the same computation to the float64 bound)."""
+    from actors.learner import LearnerWorker
+    from actors.reference import ReferenceActor, ReferenceStream
+    from learners.step import build_sequences
+
+    ray = ray_local
+    ray.get(fp32_engine.unload_adapter.remote())
+    cfg = load(Config, "tiny-cpu", ["model.finetune=lora", "model.dtype=float32"])
+    scorer = ReferenceActor.options(num_cpus=0).remote(str(tiny_model_dir), cfg.model, 1.0, num_threads=1)
+    prompts = [p[:6] for p in _probe(tiny_model_dir)]
+    for every in (1, 5):
+        plain = ray.get(fp32_engine.generate.remote(prompts, n=4, max_tokens=24, temperature=1.0, seed=7))
+        streamed = ray.get(fp32_engine.generate.remote(prompts, n=4, max_tokens=24, temperature=1.0, seed=7,
+                                                       reference=ReferenceStream(scorer, every)))
+        a = [s for g in plain["samples"] for s in g]
+        b = [s for g in streamed["samples"] for s in g]
+        for k in ("token_ids", "text", "finish_reason"):
+            assert [s[k] for s in a] == [s[k] for s in b]
+        assert [s["logprobs"] for s in a] == [s["logprobs"] for s in b]
+        (scored,) = ray.get(streamed["reference"])
+        assert scored["token_ids"] == [s["token_ids"] for s in b]
+    assert len({len(s["token_ids"]) for s in b}) > 1 or all(len(s["token_ids"]) == 24 for s in b)
+    w = LearnerWorker(str(tiny_model_dir), cfg.model, cfg.algo, cfg.train, 0)
+    rows = [p for p in streamed["prompt_token_ids"] for _ in range(4)]
+    ids, att, resp = build_sequences(rows, scored["token_ids"], w.pad_id)
+    whole = w._ref_logprobs(ids, att, resp)
+    ref = [whole[r][resp[r].bool()].tolist() for r in range(len(rows))]
+    c = w.model.config
+    N = ids.shape[1] * (c.hidden_size + c.vocab_size + c.intermediate_size) * c.num_hidden_layers
+    top = max(abs(x) for row in ref for x in row)
+    bound = 2 * N * 2.0 ** -24 / (1 - N * 2.0 ** -24) * top
+    assert top > 5 * bound
+    for x, y in zip(scored["logprobs"], ref):
+        assert len(x) == len(y) and max(abs(u - v) for u, v in zip(x, y)) <= bound
+    ray.kill(scorer)
