@@ -102,7 +102,8 @@ class LearnerWorker:
     def step(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], rewards: list[float],
              group_ids: list[int], behaviour_logprobs: list[list[float]] | None = None,
              values: list[list[float]] | None = None, truncated: list[bool] | None = None,
-             ptx: dict | None = None, loss_masks: list[list[int]] | None = None) -> dict:
+             ptx: dict | None = None, loss_masks: list[list[int]] | None = None,
+             ref_logprobs: list[list[float | None]] | None = None) -> dict:
         """Advantages, old/reference logprobs, then the minibatch updates. Returns metrics.
 
         ``behaviour_logprobs`` are the engine's sampling logprobs: the rollout/learner mismatch is measured
@@ -110,14 +111,18 @@ class LearnerWorker:
         per completion token) feed GAE and the returned ``returns`` are the critic's targets; ``truncated`` marks
         completions cut by the length limit (DAPO's overlong filter); ``ptx`` = {input_ids, labels} supervised rows
         for the PPO-ptx loss; ``loss_masks`` (multi-turn) mark the completion tokens the model sampled (1) apart from
-        the tool results between its turns (0): only the former are trained on.
+        the tool results between its turns (0): only the former are trained on. ``ref_logprobs``: the reference
+        policy's logprobs per completion token where the reference scorer streamed them (actors/reference.py), None
+        for a row it did not score; then this learner runs its own reference pass (all rows, the same numbers up to
+        float rounding: tests/test_grpo.py).
         """
         self.wait_writes()  # the last export's adapter folder reads these weights
         t0 = time.time()
         kl_coef = self.kl_ctl.value
         batch, info = prepare_batch(self.model, prompt_ids, completion_ids, rewards, group_ids, self.algo,
                                     self.train_cfg, self.pad_id, kl_coef, self._ref_logprobs, behaviour_logprobs,
-                                    values, truncated, self.reducer, self.temperature, loss_masks)
+                                    values, truncated, self.reducer, self.temperature, loss_masks,
+                                    None if ref_logprobs is None or any(r is None for r in ref_logprobs) else ref_logprobs)
         t_logp = time.time() - t0
         ptx_batch = pad_supervised(ptx["input_ids"], ptx["labels"], self.pad_id) if ptx else None
         metrics = policy_update(self.model, self.optimizer, self.scheduler, batch, self.algo, self.train_cfg,

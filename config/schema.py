@@ -327,6 +327,17 @@ class TrainConfig:
     rollout_is_cap: float = 2.0
     """C of the correction: the truncation (tis) or rejection (mis) threshold of pi_old / mu, and the bound of
     the rollout_corr/frac_over metric (ratios outside [1/C, C])."""
+    reference_logprobs: Literal["auto", "learner", "stream"] = "auto"
+    """Who computes the reference policy's logprobs (algo.kl_coef > 0): 'learner', a pass over the batch between
+    generation and the update (as TRL, veRL, OpenRLHF); 'stream', a reference scorer (actors/reference.py) that
+    scores each row's tokens while the engine samples them, at the lowest CPU priority, so the pass runs mostly in
+    the cycles the engine leaves idle (CPU, colocated, synchronous, single-turn; the engines and the scorer each
+    keep their share of the cores; the scorer holds its own copy of the frozen base). 'auto' is learner: on 2 cores
+    streaming measured no faster (bench/grpo.md: both need the same cores); try stream where a CPU has cores the
+    engine's decode leaves idle, with bench/grpo_vs_trl.py --ours-args train.reference_logprobs=stream."""
+    reference_stream_every: int = 16
+    """train.reference_logprobs=stream: decode steps between two chunks sent to the reference scorer (fewer: a
+    shorter last chunk after generation, more messages)."""
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", "must be >= 0")
@@ -336,6 +347,8 @@ class TrainConfig:
         check(self.mini_batches >= 1, "train.mini_batches", "must be >= 1")
         check(self.rollout_is_cap > 1, "train.rollout_is_cap", f"must be > 1, got {self.rollout_is_cap}")
         check(self.max_staleness >= 0, "train.max_staleness", f"must be >= 0 policy versions, got {self.max_staleness}")
+        check(self.reference_stream_every >= 1, "train.reference_stream_every",
+              f"must be >= 1 decode step, got {self.reference_stream_every}")
 
 
 @dataclass

@@ -151,14 +151,17 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
                   group_ids: list[int], algo, train, pad_id: int, kl_coef: float, ref_logprobs_fn=None,
                   behaviour_logprobs: list[list[float]] | None = None, values: list[list[float]] | None = None,
                   truncated: list[bool] | None = None, reducer: LocalReducer = LOCAL,
-                  temperature: float = 1.0, loss_masks: list[list[int]] | None = None) -> tuple[RLBatch, dict]:
+                  temperature: float = 1.0, loss_masks: list[list[int]] | None = None,
+                  ref_logprobs: list[list[float]] | None = None) -> tuple[RLBatch, dict]:
     """Everything before the first gradient: sequences, reference and old logprobs, rewards with the KL
     penalty, advantages (and the critic's returns), the overlong filter. Returns (batch, info) where info
     holds ``returns`` (lists, for the critic) and the measured KL of the batch (``kl_seq``; ``kl_reward`` in
     reward mode: see the module docstring).
 
     ``ref_logprobs_fn(ids, att, positions)`` gives the reference policy's logprobs at the response positions (the
-    learner runs the model with its adapter off; at ``temperature``, like every logprob here). Reference and old
+    learner runs the model with its adapter off; at ``temperature``, like every logprob here); ``ref_logprobs``, per
+    completion token, are those already computed (the reference scorer streamed them: actors/reference.py) and
+    replace the call. Reference and old
     logprobs are computed at response positions only: nothing reads the others. ``behaviour_logprobs`` are the engine's sampling
     logprobs (mu, of the distribution it sampled from): the mismatch between them and
     the learner's pi_old is measured and corrected by importance weights in :func:`rl_objective`
@@ -178,7 +181,8 @@ def prepare_batch(model, prompt_ids: list[list[int]], completion_ids: list[list[
         batch.engine_logp = scatter_response(prompt_ids, behaviour_logprobs, resp)
     model.eval()
     if kl_coef > 0:
-        batch.ref_logp = ref_logprobs_fn(ids, att, resp)
+        batch.ref_logp = (scatter_response(prompt_ids, ref_logprobs, resp) if ref_logprobs is not None
+                          else ref_logprobs_fn(ids, att, resp))
     if batch.old_logp is None and needs_old_logprobs(algo, train, kl_coef):
         batch.old_logp = batched_logprobs(model, ids, att, train.micro_batch_size, temperature, positions=resp)
     info: dict = {}

@@ -116,6 +116,7 @@ def main(argv: list[str]) -> dict:
             [g["prompt_ids"] for g in groups for _ in g["samples"]], [s["token_ids"] for s in train_samples],
             [r for g in groups for r in g["rewards"]], [i for i, g in enumerate(groups) for _ in g["samples"]],
             behaviour_logprobs=[s["logprobs"] for s in train_samples], loss_masks=run.loss_masks(train_samples),
+            ref_logprobs=run.ref_logprobs(train_samples),
             truncated=[s["finish_reason"] == "length" for s in train_samples] if algo.overlong_filter else None),
             "learner", cfg, f"step {step}", run.ckpt)[0]
 

@@ -141,7 +141,8 @@ def main(argv: list[str]) -> dict:
             ptx_batch = {"input_ids": [r["input_ids"] for r in pick], "labels": [r["labels"] for r in pick]}
         stats = get(learner.step.remote(prompt_ids, completion_ids, [sc["rewards"][i] for i in keep],
                                         [i // n for i in keep], behaviour_logprobs=[s["logprobs"] for s in samples],
-                                        values=values, ptx=ptx_batch, loss_masks=run.loss_masks(samples)),
+                                        values=values, ptx=ptx_batch, loss_masks=run.loss_masks(samples),
+                                        ref_logprobs=run.ref_logprobs(samples)),
                     "learner", cfg, f"step {step}", run.ckpt)
 
         # 5. critic: fit the GAE returns (queued on the critic actor; it runs while the weights sync)

@@ -23,10 +23,11 @@ from typing import Callable
 import ray
 
 from actors.multiturn import tool_metrics
+from actors.reference import ReferenceActor, ReferenceStream
 from actors.reward import RewardPool
 from actors.rollout import EnginePool
 from actors.sync import SyncVerifier
-from cluster import connect, make_placement_group, plan_resources
+from cluster import actor_options, connect, make_placement_group, plan_resources, torch_threads
 from config import Config, ConfigError, RunStopped, to_dict
 from learners.models import load_tokenizer, lora_rank
 from pipelines.preflight import check_rl_inputs, fit_rl_prompts
@@ -101,6 +102,27 @@ def weight_sync_mode(cfg: Config) -> str:
     return mode
 
 
+def reference_logprobs_mode(cfg: Config, algo) -> str:
+    """train.reference_logprobs resolved: 'stream' (actors/reference.py) where it applies -- a reference to compute
+    (algo.kl_coef > 0, a LoRA model), a CPU plan that colocates the roles, synchronous steps, single-turn rollouts --
+    else 'learner'. 'auto' is learner: on the 2-core machines measured so far streaming does not pay (bench/grpo.md:
+    the engine's decode and the scorer need the same cores); 'stream' where it does not apply is a config error
+    that says why."""
+    why = [w for bad, w in [
+        (algo.kl_coef <= 0, "algo.kl_coef=0 (no reference to compute)"),
+        (cfg.model.finetune == "full", "model.finetune=full (no frozen base to copy)"),
+        (cfg.cluster.device != "cpu", f"cluster.device={cfg.cluster.device} (the scorer takes idle CPU cycles)"),
+        (cfg.cluster.mode != "colocate", f"cluster.mode={cfg.cluster.mode} (the learner has its own devices)"),
+        (cfg.train.max_staleness > 0, f"train.max_staleness={cfg.train.max_staleness} (the learner is busy while "
+                                      "the engines generate)"),
+        (bool(cfg.env.name), f"env.name={cfg.env.name} (multi-turn rollouts)")] if bad]
+    mode = cfg.train.reference_logprobs
+    if mode == "stream" and why:
+        raise ConfigError(f"train.reference_logprobs=stream does not apply with {'; '.join(why)}: use "
+                          "train.reference_logprobs=learner or auto")
+    return "stream" if mode == "stream" else "learner"
+
+
 def engine_dtype(cfg: Config) -> str:
     """The engines' dtype: model.dtype as resolved for this device (bfloat16 where the hardware has it)."""
     from learners.models import resolve_dtype
@@ -148,8 +170,10 @@ class Rollouts:
     says so. Prompts and seeds of batch s depend only on (seed, s): a resumed run regenerates the batches that were
     in flight, deterministically, under the resumed weights."""
 
-    def __init__(self, engines: EnginePool, data: RLData, cfg: Config, draws_per_step: int = 1):
-        self.engines, self.data, self.cfg = engines, data, cfg
+    def __init__(self, engines: EnginePool, data: RLData, cfg: Config, draws_per_step: int = 1, reference=None):
+        """``reference``: an actors/reference.py ReferenceStream the engines stream their samples to (samples come
+        back with ``ref_logprobs``), or None."""
+        self.engines, self.data, self.cfg, self.reference = engines, data, cfg, reference
         self.k, self.R = cfg.train.max_staleness, draws_per_step
         self.P, self.n = cfg.train.prompts_per_step, cfg.rollout.n_samples
         self.inflight: dict[tuple[int, int], tuple[list[dict], object]] = {}
@@ -167,7 +191,8 @@ class Rollouts:
         if self.cfg.env.name:  # multi-turn: the engines run the environment's turns (actors/multiturn.py)
             ref = self.engines.generate_episodes(rows, self.cfg.env, n=self.n, seed=seed)
         else:
-            ref = self.engines.generate(encode_prompts(self.data.tok, rows), n=self.n, seed=seed)
+            kw = {"reference": self.reference} if self.reference is not None else {}
+            ref = self.engines.generate(encode_prompts(self.data.tok, rows), n=self.n, seed=seed, **kw)
         self.inflight[(step, k)] = (rows, ref)
 
     def refill(self, version: int) -> None:
@@ -185,7 +210,29 @@ class Rollouts:
             raise RunError(f"step {step}: samples of policy versions {sorted({version - x for x in lags})} with the "
                            f"learner at {version}: outside train.max_staleness={self.k} (a bug, not a setting)")
         self.staleness.extend(lags)
+        if "reference" in gen:
+            self._attach_reference(gen, step)
         return Batch(step, rows, gen)
+
+    def _attach_reference(self, gen: dict, step: int) -> None:
+        """The streamed reference logprobs onto their samples (``ref_logprobs``), where the scorer saw the sample's
+        tokens; the wait for its last chunk is ``gen["reference_wait"]``. A scorer that failed is named once and
+        left out: the learner scores every later batch itself."""
+        t0 = time.time()
+        try:
+            parts = get(gen.pop("reference"), "learner", self.cfg, f"streamed reference logprobs (step {step})")
+        except RunError as e:
+            print(f"[rl] the reference scorer failed ({e}); the learner computes the reference logprobs from now on",
+                  flush=True)
+            self.reference = None
+            return
+        lps = [x for p in parts for x in p["logprobs"]]
+        toks = [x for p in parts for x in p["token_ids"]]
+        samples = [s for g in gen["samples"] for s in g]
+        for s, lp, t in zip(samples, lps, toks):
+            if len(samples) == len(lps) and t == s["token_ids"]:
+                s["ref_logprobs"] = lp
+        gen["reference_wait"] = time.time() - t0
 
 
 def mask_failed(sc: dict, n: int, cfg: Config, step: int, min_group: int = 1) -> tuple[list[int], dict]:
@@ -243,6 +290,7 @@ class RLRun:
         run_dir = Path(cfg.runs_dir).resolve() / cfg.run_name
         max_lora_rank = lora_rank(cfg.model)  # a model.adapter that is not there is named before anything starts
         mode = weight_sync_mode(cfg)
+        streamed = reference_logprobs_mode(cfg, algo) == "stream"  # the engines and the scorer run at once
         if cfg.train.max_staleness and cfg.cluster.mode == "colocate" and cfg.cluster.device == "gpu" \
                 and cfg.rollout.sleep_between_phases:
             raise ConfigError(f"train.max_staleness={cfg.train.max_staleness} generates while the learner trains, but in "
@@ -260,9 +308,17 @@ class RLRun:
         reward = RewardPool(plan, pg, cfg.reward)
         engine_base = get(learner.export_engine_base.remote(str(run_dir / "engine_base")), "learner", cfg,
                           "export_engine_base")
-        engines = EnginePool(plan, pg, engine_base, cfg.rollout, concurrent=cfg.train.max_staleness > 0,
+        engines = EnginePool(plan, pg, engine_base, cfg.rollout, concurrent=cfg.train.max_staleness > 0 or streamed,
                              max_lora_rank=max_lora_rank, dtype=dtype, device=cfg.cluster.device,
                              enable_lora=(mode == "lora"))
+        reference = None
+        if streamed:
+            # Beside the learner, on the learner's share of the cores (the engines keep theirs) and at nice 19: the
+            # learner waits while the engines generate, so the share is free; nothing else is reserved for it.
+            actor = ReferenceActor.options(**{**actor_options(plan, pg, "learner", 0), "num_cpus": 0}).remote(
+                data.model_path, cfg.model, cfg.rollout.temperature,
+                num_threads=torch_threads(plan, "learner", 0, concurrent=True))
+            reference = ReferenceStream(actor, cfg.train.reference_stream_every)
 
         start = 0
         if ckpt is not None:
@@ -271,7 +327,9 @@ class RLRun:
             print(f"[{name}] resumed from {ckpt} at step {start}", flush=True)
         # config.json records the algorithm as resolved (its defaults filled in), so a run says what it ran.
         log = RunLog(run_dir, cfg.tensorboard, start_step=start,
-                     config={**to_dict(cfg), "algo": to_dict(algo), "resolved": {"weight_sync": mode, "engine_dtype": dtype}})
+                     config={**to_dict(cfg), "algo": to_dict(algo), "resolved": {
+                         "weight_sync": mode, "engine_dtype": dtype,
+                         "reference_logprobs": "stream" if reference is not None else "learner"}})
 
         # Verified sync: calibrate the probe's tolerance on identical weights, then check every load.
         holder: dict = {}  # the run's last checkpoint, for the deadline errors of the sync
@@ -280,7 +338,7 @@ class RLRun:
                                                                  if "run" in holder else ckpt))
         calibration = verifier.calibrate(run_dir / "adapters")
         run = cls(cfg, algo, name, run_dir, data, plan, pg, learner, engines, reward, verifier,
-                  Rollouts(engines, data, cfg, draws_per_step), log, start, 0.0,
+                  Rollouts(engines, data, cfg, draws_per_step, reference), log, start, 0.0,
                   save_state or (lambda d: get(learner.save_state.remote(str(d)), "learner", cfg, "save_state")), ckpt,
                   sync_mode=mode)
         holder["run"] = run
@@ -324,6 +382,14 @@ class RLRun:
         if any("shaping" in s for s in samples):
             sc["rewards"] = [r if r is None else r + s.get("shaping", 0.0) for r, s in zip(sc["rewards"], samples)]
         return sc
+
+    @staticmethod
+    def ref_logprobs(samples: list[dict]) -> list | None:
+        """The streamed reference logprobs of the samples (None for one the scorer did not see), or None if none
+        was streamed: the learner runs its own reference pass (actors/reference.py)."""
+        if not any("ref_logprobs" in s for s in samples):
+            return None
+        return [s.get("ref_logprobs") for s in samples]
 
     @staticmethod
     def loss_masks(samples: list[dict]) -> list[list[int]] | None:
@@ -380,6 +446,8 @@ class RLRun:
             "response/clipped_frac": sum(s["finish_reason"] == "length" for s in samples) / len(samples),
             "perf/tokens_per_s": batch.gen["tokens"] / max(batch.gen["seconds"], 1e-9),
             "time/logprobs": stats.get("time_logprobs", 0.0), "time/update": stats.get("time_update", 0.0),
+            "time/reference_wait": batch.gen.get("reference_wait", 0.0),
+            "reference/streamed_frac": sum("ref_logprobs" in s for s in samples) / len(samples),
             **{k: v for k, v in sync.items() if k.startswith("time/sync")}, "time/step": time.time() - self._t_step,
             **{k: v for k, v in sync.items() if k.startswith("sync/")}, "adapter_version": sync["adapter_version"],
             "rollout/adapter_version": batch.gen["adapter_version"],

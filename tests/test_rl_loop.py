@@ -98,6 +98,28 @@ def test_items_no_scorer_judged_are_masked_and_a_mostly_failed_step_stops(tmp_pa
     assert not (tmp_path / "failing" / "metrics.jsonl").exists() or not _rows(tmp_path / "failing")
 
 
+def test_streamed_reference_logprobs_reach_the_learner_and_a_plan_where_they_do_not_apply_is_refused(tmp_path):
+    """train.reference_logprobs=stream (actors/reference.py): every trained sample carries the scorer's reference
+    logprobs (reference/streamed_frac 1) and the learner's own pass is skipped; the samples are the learner mode's
+    (same seeds: same rewards); an asynchronous plan is refused before anything starts, naming the key."""
+    out = _grpo(tmp_path, "stream", "train.steps=2", "checkpoint.every=0", "train.reference_logprobs=stream")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = _rows(tmp_path / "stream")
+    assert [r["reference/streamed_frac"] for r in rows] == [1.0, 1.0]
+    conf = json.loads((tmp_path / "stream" / "config.json").read_text())
+    assert conf["resolved"]["reference_logprobs"] == "stream"
+    out = _grpo(tmp_path, "learner", "train.steps=1", "checkpoint.every=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain = _rows(tmp_path / "learner")
+    assert plain[0]["reference/streamed_frac"] == 0.0
+    assert plain[0]["reward/mean"] == rows[0]["reward/mean"]
+    assert abs(rows[0]["actor/kl_loss"]) < 1.0 and abs(plain[0]["actor/kl_loss"]) < 1.0
+
+    bad = _grpo(tmp_path, "bad", "train.steps=1", "train.reference_logprobs=stream", "train.max_staleness=1")
+    assert bad.returncode != 0 and "train.reference_logprobs=stream does not apply with train.max_staleness=1" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 # -- faults injected into a running job ----------------------------------------------------------------------------
 def _descendants(pid: int):
     import psutil
