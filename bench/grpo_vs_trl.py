@@ -50,7 +50,8 @@ def run_ours(args, model_path: str, out: Path) -> dict:
     subprocess.run(cmd, check=True)
     rows = [json.loads(line) for line in (out / "bench" / "metrics.jsonl").read_text().splitlines()][1:]
     phases = {k: round(median([r[f"time/{k}"] for r in rows]), 3)
-              for k in ("generate", "score", "logprobs", "update", "sync", "sync_export", "sync_load", "sync_verify", "step")
+              for k in ("generate", "score", "logprobs", "reference_wait", "update", "sync", "sync_export", "sync_load", "sync_verify",
+                        "step")
               if f"time/{k}" in rows[0]}
     floor = median([r["time/generate"] + r["time/update"] for r in rows])
     conf = json.loads((out / "bench" / "config.json").read_text()).get("resolved", {})
