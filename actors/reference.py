@@ -1,18 +1,18 @@
-"""The reference policy's logprobs, scored while the engine samples (train.reference_logprobs=stream).
+"""The reference policy's logprobs, scored while the engine samples (train.reference_logprobs=stream, opt-in).
 
 With beta > 0 a synchronous step runs a third pass over its tokens, the reference forward (2 N T FLOP, between
-generation and the update: 16% of the heavy bench's floor on 2 cores). On a CPU the engine's decode leaves the cores
-partly idle (small matrices, a scheduler in Python between steps), and a frozen reference needs only the tokens
-sampled so far: so the engine streams each batch's new tokens here every ``rollout.stream_every`` decode steps and
-this actor scores them on a KV cache (learners/logprobs.py: StreamingLogprobs), at the lowest CPU priority (nice 19)
-so that it takes only the cycles the engine leaves. By the end of generation most of the batch is scored; the rest
-(the last chunk) runs on every core. The samples come back carrying ``ref_logprobs`` and the learner skips its own
-reference pass for them (measured: bench/grpo.md).
+generation and the update). A frozen reference needs only the tokens sampled so far, so in this mode the engine sends
+each row's new tokens here every ``train.reference_stream_every`` decode steps and this actor scores them on a KV
+cache (learners/logprobs.py: StreamingLogprobs), at nice 19 on the learner's share of the cores while the learner
+waits; what is left after generation is the last chunk. The samples come back carrying ``ref_logprobs`` and the
+learner skips its own pass. Measured on 2 cores it is slower than the learner's pass (the engine and the scorer need
+the same cores: bench/grpo.md), so it is not a default; it is the schedule to measure where a CPU has cores the
+decode leaves idle.
 
 The reference here is the learner's: the same frozen base (NF4 quantisation is deterministic: the same weights),
 with the anchor adapter when the stage has one (model.reference_adapter, else model.adapter), at the learner's
-temperature, in eval/no-grad like the learner's reference pass. The learner checks every row's tokens against the
-sample it trains on and scores any row that does not match itself.
+temperature, in eval/no-grad like the learner's reference pass. The driver (pipelines/rl_loop.py: Rollouts) checks
+every row's tokens against its sample; a row that does not match is left to the learner.
 """
 from __future__ import annotations
 
@@ -59,9 +59,6 @@ class ReferenceScorer:
         """The stream's rows (StreamingLogprobs.result), forgotten here."""
         return self.streams.pop(key).result()
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 ReferenceActor = ray.remote(ReferenceScorer)
 
@@ -72,9 +69,7 @@ class ReferenceStream:
     after every chunk of that stream was scored. Picklable (an actor handle and a number)."""
 
     def __init__(self, actor, every: int = 16):
-        if every < 1:
-            raise ValueError(f"stream_every must be >= 1 decode step, got {every}")
-        self.actor, self.every = actor, every
+        self.actor, self.every = actor, every  # every >= 1: checked where it enters (train.reference_stream_every)
 
     def begin(self, prompt_ids: list[list[int]], n: int) -> str:
         key = uuid.uuid4().hex

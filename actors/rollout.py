@@ -373,8 +373,9 @@ class EnginePool:
     checks one by one."""
 
     def __init__(self, plan, pg, model_path: str, cfg: RolloutConfig, concurrent: bool = False, **engine_kwargs):
-        """``concurrent``: the engines generate while the learner trains (train.max_staleness > 0), so on a CPU each
-        keeps its own share of the cores (cluster.plan.torch_threads)."""
+        """``concurrent``: the engines generate while another role computes (the learner with train.max_staleness > 0,
+        the reference scorer with train.reference_logprobs=stream), so on a CPU each keeps its own share of the cores
+        (cluster.plan.torch_threads)."""
         self.actors = [RolloutActor.options(**actor_options(plan, pg, "rollout", p.index)).remote(
             model_path, cfg, **engine_kwargs, num_threads=torch_threads(plan, "rollout", p.index, concurrent))
             for p in plan.of("rollout")]

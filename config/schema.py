@@ -330,9 +330,9 @@ class TrainConfig:
     reference_logprobs: Literal["auto", "learner", "stream"] = "auto"
     """Who computes the reference policy's logprobs (algo.kl_coef > 0): 'learner', a pass over the batch between
     generation and the update (as TRL, veRL, OpenRLHF); 'stream', a reference scorer (actors/reference.py) that
-    scores each row's tokens while the engine samples them, at the lowest CPU priority, so the pass runs mostly in
-    the cycles the engine leaves idle (CPU, colocated, synchronous, single-turn; the engines and the scorer each
-    keep their share of the cores; the scorer holds its own copy of the frozen base). 'auto' is learner: on 2 cores
+    scores each row's tokens while the engine samples them, so the pass overlaps generation (CPU, colocated,
+    synchronous, single-turn; the engines and the scorer each keep their share of the cores; the scorer holds its
+    own copy of the frozen base). 'auto' is learner: on 2 cores
     streaming measured no faster (bench/grpo.md: both need the same cores); try stream where a CPU has cores the
     engine's decode leaves idle, with bench/grpo_vs_trl.py --ours-args train.reference_logprobs=stream."""
     reference_stream_every: int = 16

@@ -117,9 +117,6 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     Cost: the prompt's tokens once per group instead of n times -- the demo's 32 x 8 rows of ~30 prompt + 16
     completion tokens shrink from 11.8k to 5k tokens a pass (learner step 0.45 -> 0.19 s), the heavy bench's 8 x 4
     rows of ~32 + 128 from 5.1k to 4.4k (bench/grpo.md)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     if attention_mask is None:
         return None
     if any(getattr(m, "gradient_checkpointing", False) and m.training for m in decoder.modules()):
@@ -150,20 +147,16 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     p_att = cols[None] >= (Lp - p_len)[:, None]             # left-padded prompts
     src = (cols[None] - (Lp - p_len)[:, None]).clamp(min=0)
     p_ids = torch.where(p_att, input_ids[first].gather(1, src), torch.zeros_like(src))
-    p_pos = (p_att.long().cumsum(1) - 1).clamp(min=0)
-    p_out = decoder(input_ids=p_ids, attention_mask=p_att.long(), position_ids=p_pos, use_cache=True)
-    cache = p_out.past_key_values
-    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != Lp
-                                              for layer in cache.layers):
-        return None  # sliding-window or other layer caches (not a plain [rows, heads, Lp, d] copy), or none kept
+    p_out = _prompt_pass(decoder, p_ids, p_att)
+    if p_out is None:
+        return None
     c_len = lengths - starts                                # completion tokens per row (>= 1: every row wants one)
     Lc = int(c_len.max())
     ccols = torch.arange(Lc, device=dev)
     c_att = ccols[None] < c_len[:, None]
     c_src = (starts[:, None] + ccols[None]).clamp(max=n - 1)
     c_ids = torch.where(c_att, input_ids.gather(1, c_src), torch.zeros_like(c_src))
-    rows = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, row2u), layer.values.index_select(0, row2u))
-                                        for layer in cache.layers])
+    rows = _rows_cache(p_out.past_key_values, row2u)
     full_att = torch.cat([p_att[row2u], c_att], 1).long()
     c_out = decoder(input_ids=c_ids, attention_mask=full_att, position_ids=starts[:, None] + ccols[None],
                     past_key_values=rows, use_cache=True)
@@ -171,6 +164,30 @@ def _shared_prompt_states(decoder, input_ids, attention_mask, sel):
     states = torch.cat([p_out.last_hidden_state[:, -1:][row2u], c_out.last_hidden_state[:, :-1]], 1)   # [B, Lc, H]
     want_c = sel.gather(1, (starts[:, None] - 1 + ccols[None]).clamp(max=n - 2)) & c_att
     return states[want_c], c_ids[want_c]
+
+
+def _prompt_pass(decoder, ids: torch.Tensor, att: torch.Tensor):
+    """The decoder over left-padded prompts ([U, Lp]; positions from the mask), keeping their keys and values; None
+    where the cache is not a plain full-attention copy of every prompt column (sliding-window or other layer caches:
+    not [rows, heads, Lp, d] tensors to index out to rows), which the callers cannot continue on."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    out = decoder(input_ids=ids, attention_mask=att.long(), position_ids=(att.long().cumsum(1) - 1).clamp(min=0),
+                  use_cache=True)
+    cache = out.past_key_values
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != ids.shape[1]
+                                              for layer in cache.layers):
+        return None
+    return out
+
+
+def _rows_cache(cache, rows: torch.Tensor):
+    """A prompt pass's cache indexed out to rows (row r continues on prompt ``rows[r]``'s keys and values)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                                        for layer in cache.layers])
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -270,8 +287,6 @@ class StreamingLogprobs:
 
     @torch.no_grad()
     def begin(self, prompts: list[list[int]], n: int) -> None:
-        from transformers import DynamicCache
-
         dev = self.W.device
         p_len = torch.tensor([len(p) for p in prompts], device=dev)
         if not prompts or int(p_len.min()) < 1:
@@ -281,11 +296,12 @@ class StreamingLogprobs:
         ids = torch.full((len(prompts), Lp), self.pad_id, dtype=torch.long, device=dev)
         for i, p in enumerate(prompts):
             ids[i, Lp - len(p):] = torch.tensor(p, device=dev)
-        out = self.decoder(input_ids=ids, attention_mask=att.long(), position_ids=(att.long().cumsum(1) - 1).clamp(min=0),
-                           use_cache=True)
+        out = _prompt_pass(self.decoder, ids, att)
+        if out is None:
+            raise ValueError("streamed logprobs need a plain full-attention KV cache (no sliding-window layers): "
+                             "use train.reference_logprobs=learner")
         rows = torch.arange(len(prompts), device=dev).repeat_interleave(n)
-        self.cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
-                                                  for layer in out.past_key_values.layers])
+        self.cache = _rows_cache(out.past_key_values, rows)
         self.att = att[rows].long()                       # [R, columns so far]: 1 where a real token is
         self.pos = p_len[rows].clone()                    # the next token's position in its row
         self.last = out.last_hidden_state[:, -1][rows]    # [R, H]: the state that predicts each row's next token

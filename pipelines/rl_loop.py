@@ -229,9 +229,10 @@ class Rollouts:
         lps = [x for p in parts for x in p["logprobs"]]
         toks = [x for p in parts for x in p["token_ids"]]
         samples = [s for g in gen["samples"] for s in g]
-        for s, lp, t in zip(samples, lps, toks):
-            if len(samples) == len(lps) and t == s["token_ids"]:
-                s["ref_logprobs"] = lp
+        if len(samples) == len(lps):
+            for s, lp, t in zip(samples, lps, toks):
+                if t == s["token_ids"]:
+                    s["ref_logprobs"] = lp
         gen["reference_wait"] = time.time() - t0
 
 
@@ -329,7 +330,7 @@ class RLRun:
         log = RunLog(run_dir, cfg.tensorboard, start_step=start,
                      config={**to_dict(cfg), "algo": to_dict(algo), "resolved": {
                          "weight_sync": mode, "engine_dtype": dtype,
-                         "reference_logprobs": "stream" if reference is not None else "learner"}})
+                         "reference_logprobs": "stream" if streamed else "learner"}})
 
         # Verified sync: calibrate the probe's tolerance on identical weights, then check every load.
         holder: dict = {}  # the run's last checkpoint, for the deadline errors of the sync
